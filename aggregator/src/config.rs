@@ -1,0 +1,263 @@
+//! Typed configuration, read once at start-up from flags and environment variables.
+//!
+//! Every setting is an environment variable with the same name as a `--kebab-case` flag
+//! (DESIGN.md, "Aggregator configuration"). Values are parsed and checked here, so a bad one
+//! stops start-up with one line naming the variable instead of failing later at run time.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Command line of the `aggregator` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "aggregator",
+    version,
+    about = "Consumes telemetry events from NATS JetStream and stores each distinct event \
+             exactly once in PostgreSQL, with exact received/unique/duplicate counters.",
+    after_help = "Every option can also be set through the environment variable shown.\n\
+                  Durations accept 500ms, 5s, 2m, 1h."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default when no subcommand is given).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+/// The service's settings.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// NATS server URL(s), comma-separated for a cluster.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", value_parser = parse_nats_url)]
+    pub nats_url: String,
+
+    /// PostgreSQL URL; the database is created if it does not exist.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/aggregator", value_parser = parse_database_url)]
+    pub database_url: String,
+
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// JetStream stream holding the events.
+    #[arg(long, env = "STREAM_NAME", default_value = "EVENTS", value_parser = parse_name)]
+    pub stream_name: String,
+
+    /// Subject prefix: events travel on `<prefix>.<topic>`.
+    #[arg(long, env = "SUBJECT_PREFIX", default_value = "events", value_parser = parse_prefix)]
+    pub subject_prefix: String,
+
+    /// Durable pull consumer shared by every replica.
+    #[arg(long, env = "CONSUMER_NAME", default_value = "aggregator", value_parser = parse_name)]
+    pub consumer_name: String,
+
+    /// Stream replicas when the stream is created (3 on a NATS cluster).
+    #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
+
+    /// Concurrent batch writers.
+    #[arg(long, env = "WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+
+    /// Largest batch written in one transaction.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+
+    /// Longest wait to fill a batch once its first message arrived.
+    #[arg(long, env = "BATCH_TIMEOUT", default_value = "20ms", value_parser = parse_duration)]
+    pub batch_timeout: Duration,
+
+    /// Messages held in memory between intake and the workers.
+    #[arg(long, env = "MAX_BUFFER_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_buffer_size: u32,
+
+    /// Largest accepted serialized payload, in bytes.
+    #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(2..=16_777_216))]
+    pub max_payload_bytes: u32,
+
+    /// Directory of the write-ahead log.
+    #[arg(long, env = "WAL_PATH", default_value = "./data/wal")]
+    pub wal_path: PathBuf,
+
+    /// WAL size at which the aggregator stops acknowledging (backpressure), in bytes.
+    #[arg(long, env = "WAL_MAX_SIZE", default_value_t = 104_857_600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub wal_max_size: u64,
+
+    /// Retries of a failed batch write before it goes to the WAL.
+    #[arg(long, env = "MAX_RETRIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub max_retries: u32,
+
+    /// First retry delay; doubles each retry, with ±20% jitter.
+    #[arg(long, env = "RETRY_DELAY", default_value = "1s", value_parser = parse_duration)]
+    pub retry_delay: Duration,
+
+    /// Consecutive failures that open the circuit breaker.
+    #[arg(long, env = "CIRCUIT_BREAKER_THRESHOLD", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub circuit_breaker_threshold: u32,
+
+    /// Time the breaker stays open before one probe is let through.
+    #[arg(long, env = "CIRCUIT_BREAKER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub circuit_breaker_timeout: Duration,
+
+    /// How often the health monitor pings the database.
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub health_check_interval: Duration,
+
+    /// WAL records replayed per transaction.
+    #[arg(long, env = "REPLAY_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub replay_batch: u32,
+
+    /// JetStream ack wait: an unacknowledged message is redelivered after this long.
+    #[arg(long, env = "ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+
+    /// How often the processed-message record is compacted.
+    #[arg(long, env = "COMPACT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub compact_interval: Duration,
+
+    /// Bearer token required by write endpoints when set.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// `json` for JSON logs; anything else gives human-readable logs.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+impl Config {
+    /// Connections the pool may open: one per worker plus room for the API and monitors.
+    pub fn pool_size(&self) -> u32 {
+        u32::from(self.workers) + 6
+    }
+
+    /// Messages the consumer may have delivered but unacknowledged: the buffer plus every
+    /// worker's batch in flight, with room to spare so intake never starves the workers.
+    pub fn max_ack_pending(&self) -> i64 {
+        i64::from(self.max_buffer_size) + 2 * i64::from(self.workers) * i64::from(self.batch_size)
+    }
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (use e.g. 500ms, 5s, 2m, 1h)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "{s:?} has unknown unit {unit:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    Ok(d)
+}
+
+fn parse_nats_url(s: &str) -> Result<String, String> {
+    for part in s.split(',') {
+        let part = part.trim();
+        let rest = part
+            .strip_prefix("nats://")
+            .or_else(|| part.strip_prefix("tls://"))
+            .unwrap_or(part);
+        let hostport = rest.rsplit('@').next().unwrap_or(rest);
+        let ok = !hostport.is_empty()
+            && hostport
+                .rsplit_once(':')
+                .map(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                .unwrap_or(!hostport.contains('/'));
+        if !ok {
+            return Err(format!(
+                "{part:?} is not a NATS URL (expected nats://host:port, comma-separated for a cluster)"
+            ));
+        }
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_database_url(s: &str) -> Result<String, String> {
+    use std::str::FromStr;
+    if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+        return Err(format!("{s:?} is not a postgres:// URL"));
+    }
+    sqlx::postgres::PgConnectOptions::from_str(s)
+        .map_err(|e| format!("{s:?} is not a valid PostgreSQL URL: {e}"))?;
+    Ok(s.to_owned())
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "{s:?} must be non-empty and use only A-Z a-z 0-9 _ -"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    shared::event::validate_topic(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("{s:?} is not a valid subject prefix: {}", e.reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = Cli::try_parse_from(["aggregator", "--batch-timeout", "soon"]).unwrap_err();
+        assert!(err.to_string().contains("BATCH_TIMEOUT"), "{err}");
+        let err = Cli::try_parse_from(["aggregator", "--database-url", "mysql://x"]).unwrap_err();
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+        let err = Cli::try_parse_from(["aggregator", "--workers", "0"]).unwrap_err();
+        assert!(err.to_string().contains("WORKERS"), "{err}");
+        let err = Cli::try_parse_from(["aggregator", "--nats-url", "nats://:x"]).unwrap_err();
+        assert!(err.to_string().contains("NATS_URL"), "{err}");
+    }
+
+    #[test]
+    fn defaults_match_design() {
+        let cli = Cli::try_parse_from(["aggregator"]).unwrap();
+        let c = cli.config;
+        assert_eq!(c.workers, 4);
+        assert_eq!(c.batch_size, 500);
+        assert_eq!(c.batch_timeout, Duration::from_millis(20));
+        assert_eq!(c.max_buffer_size, 10_000);
+        assert_eq!(c.wal_max_size, 104_857_600);
+        assert_eq!(c.circuit_breaker_timeout, Duration::from_secs(30));
+        assert_eq!(c.stream_name, "EVENTS");
+    }
+}

@@ -1,0 +1,128 @@
+//! Intake: pulls messages from the durable JetStream consumer into the bounded buffer.
+//!
+//! The buffer (`MAX_BUFFER_SIZE`) is a bounded channel: when the workers fall behind, `send`
+//! waits and intake stops pulling, so memory stays bounded and JetStream keeps the rest.
+//! Each message is tagged with the id of the stream incarnation it came from. When the
+//! consumer disappears (stream deleted and re-created) intake sets everything up again and
+//! registers the new incarnation.
+
+use crate::broker;
+use crate::shutdown::CancellationToken;
+use crate::state::SharedState;
+use crate::store::Store;
+use async_nats::jetstream::{self, consumer::pull::MessagesErrorKind};
+use futures::StreamExt;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A message taken from the stream, waiting to be written.
+pub struct Delivery {
+    pub msg: jetstream::Message,
+    pub stream_id: i32,
+    pub seq: i64,
+}
+
+/// Runs until `shutdown` is cancelled, then drops the sender so the workers drain and stop.
+pub async fn run(
+    state: SharedState,
+    js: jetstream::Context,
+    store: Store,
+    tx: mpsc::Sender<Delivery>,
+    shutdown: CancellationToken,
+    mut subscription: Option<broker::Subscription>,
+) {
+    let cfg = &state.config;
+    while !shutdown.is_cancelled() {
+        let sub = match subscription.take() {
+            Some(s) => s,
+            None => match broker::subscribe(&js, cfg).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "JetStream set-up failed; retrying");
+                    pause(&shutdown, Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        let stream_id = match store
+            .register_stream(&sub.stream_name, &sub.stream_created_ns)
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register the stream incarnation; retrying");
+                subscription = Some(sub);
+                pause(&shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let batch = (cfg.batch_size as usize).clamp(100, 2000);
+        let mut messages = match sub
+            .consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start pulling; retrying");
+                pause(&shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        tracing::info!(stream_id, stream = %sub.stream_name, "pulling messages");
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    let seq = match msg.info() {
+                        Ok(info) => info.stream_sequence as i64,
+                        Err(e) => {
+                            tracing::warn!(error = %e, subject = %msg.subject, "message without JetStream metadata; ignoring");
+                            continue;
+                        }
+                    };
+                    state.buffered.fetch_add(1, Ordering::Relaxed);
+                    let delivery = Delivery {
+                        msg,
+                        stream_id,
+                        seq,
+                    };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            state.buffered.fetch_sub(1, Ordering::Relaxed);
+                            return;
+                        }
+                        sent = tx.send(delivery) => if sent.is_err() { return },
+                    }
+                }
+                Some(Err(e)) => {
+                    let fatal = matches!(
+                        e.kind(),
+                        MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders
+                    );
+                    tracing::warn!(error = %e, fatal, "pull error");
+                    if fatal {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        pause(&shutdown, Duration::from_millis(200)).await;
+    }
+}
+
+async fn pause(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}

@@ -1,0 +1,18 @@
+//! The aggregator: consumes telemetry events from NATS JetStream and stores each distinct
+//! `(topic, event_id)` exactly once in PostgreSQL with exact counters.
+//!
+//! Data flows one way: [`intake`] (JetStream -> buffer) -> [`worker`] (batch, one
+//! transaction, ack after commit) -> [`store`] (the only SQL). [`api`] serves operators;
+//! [`startup`] wires the parts together and [`shutdown`] stops them in order.
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod guard;
+pub mod intake;
+pub mod shutdown;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,44 @@
+//! `aggregator` binary: parses configuration, sets up logging and metrics, runs the service.
+
+use aggregator::config::{Cli, Command};
+use aggregator::{shutdown, startup, store::Store, telemetry};
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // Invalid configuration exits here with clap's one-line error naming the variable.
+    let cli = Cli::parse();
+    telemetry::init_logging(&cli.config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Migrate => {
+                Store::connect(&cli.config.database_url, 1).await?;
+                tracing::info!("migrations applied");
+                Ok(())
+            }
+            Command::Serve => {
+                let prometheus = telemetry::init_metrics()?;
+                let token = shutdown::CancellationToken::new();
+                shutdown::cancel_on_signal(token.clone());
+                startup::run(cli.config, Some(prometheus), token).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

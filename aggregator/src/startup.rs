@@ -1,0 +1,179 @@
+//! Start-up and the service's lifetime.
+//!
+//! Order: bind HTTP (so `/live` answers at once and `/ready` says false), connect to Postgres
+//! (creating the database and applying migrations), connect to NATS and set up the stream and
+//! consumer, then start intake, the workers and compaction and report ready. On shutdown the
+//! same parts stop in reverse: intake stops pulling, the workers drain the buffer, pending
+//! acknowledgements are flushed to NATS, and the HTTP server closes.
+
+use crate::config::Config;
+use crate::intake::{self, Delivery};
+use crate::shutdown::CancellationToken;
+use crate::state::{AppState, SharedState};
+use crate::store::{compact, Store};
+use crate::worker::{Failpoint, Worker};
+use crate::{api, broker};
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Mutex};
+
+/// Counter shards per topic; each worker writes to its own one.
+pub const COUNTER_SHARDS: u16 = 64;
+
+/// Runs the service until `shutdown` is cancelled and everything in flight is settled.
+pub async fn run(
+    config: Config,
+    prometheus: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("HTTP_ADDR: cannot listen on {}", config.http_addr))?;
+    let state = AppState::new(config, prometheus);
+    tracing::info!(addr = %state.config.http_addr, "HTTP API listening");
+    let server = axum::serve(listener, api::router(state.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let http = tokio::spawn(async move { server.await });
+
+    let result = run_pipeline(&state, &shutdown).await;
+    shutdown.cancel();
+    match http.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server error"),
+        Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+        Ok(Ok(())) => {}
+    }
+    result
+}
+
+async fn run_pipeline(state: &SharedState, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let cfg = &state.config;
+    let Some(store) = retry_until("PostgreSQL", shutdown, || {
+        Store::connect(&cfg.database_url, cfg.pool_size())
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let _ = state.store.set(store.clone());
+
+    let client = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        c = broker::connect(cfg) => c?,
+    };
+    let _ = state.nats.set(client.clone());
+    let js = async_nats::jetstream::new(client.clone());
+    let Some(subscription) =
+        retry_until("JetStream", shutdown, || broker::subscribe(&js, cfg)).await
+    else {
+        return Ok(());
+    };
+
+    let (tx, rx) = mpsc::channel::<Delivery>(cfg.max_buffer_size as usize);
+    let rx = Arc::new(Mutex::new(rx));
+    let intake = tokio::spawn(intake::run(
+        state.clone(),
+        js.clone(),
+        store.clone(),
+        tx,
+        shutdown.clone(),
+        Some(subscription),
+    ));
+    let failpoint = Arc::new(Failpoint::from_env());
+    let offset: u16 = rand::random::<u16>() % COUNTER_SHARDS;
+    let workers: Vec<_> = (0..cfg.workers)
+        .map(|id| {
+            let worker = Worker {
+                id,
+                shard: ((offset + id) % COUNTER_SHARDS) as i16,
+                state: state.clone(),
+                store: store.clone(),
+                rx: rx.clone(),
+                shutdown: shutdown.clone(),
+                failpoint: failpoint.clone(),
+            };
+            tokio::spawn(worker.run())
+        })
+        .collect();
+    let compactor = tokio::spawn(compact_forever(
+        store.clone(),
+        cfg.compact_interval,
+        shutdown.clone(),
+    ));
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(
+        workers = cfg.workers,
+        batch_size = cfg.batch_size,
+        "aggregator ready"
+    );
+
+    shutdown.cancelled().await;
+    state.ready.store(false, Ordering::Release);
+    tracing::info!("draining: intake stopped, finishing buffered batches");
+    let _ = intake.await;
+    for w in workers {
+        let _ = w.await;
+    }
+    let _ = compactor.await;
+    // Acks are fire-and-forget publishes: make sure they have left before exiting.
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+        tracing::warn!(error = %e, "timed out flushing acknowledgements to NATS");
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Calls `f` until it succeeds (logging each failure) or `shutdown` is cancelled.
+async fn retry_until<T, F, Fut>(what: &str, shutdown: &CancellationToken, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = f() => r,
+        };
+        match attempt {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "{what} not available yet");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn compact_forever(store: Store, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let ids: Vec<i32> = match sqlx::query_scalar("SELECT id FROM streams")
+            .fetch_all(store.pool())
+            .await
+        {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::debug!(error = %e, "compaction skipped");
+                continue;
+            }
+        };
+        for id in ids {
+            match compact::compact_stream(store.pool(), id, 50_000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(stream_id = id, deleted = n, "compacted processed record"),
+                Err(e) => tracing::debug!(error = %e, "compaction failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The batch write: one transaction stores a batch of stream messages exactly once.
+//!
+//! In one transaction, for the messages of a batch:
+//! 1. `processed_messages` gets one row per (stream incarnation, sequence) not seen before and
+//!    above the incarnation's compacted `floor_seq`. Only those messages count: a message
+//!    JetStream redelivers after a crash between commit and ack finds its row and is skipped.
+//! 2. `events` gets `INSERT .. ON CONFLICT (topic, event_id) DO NOTHING` for the counted ones;
+//!    the rows actually inserted are the unique ones, the rest are duplicates.
+//! 3. `topic_counters` gets the per-topic received/unique increments on this worker's shard.
+//! 4. Dead letters (messages that failed decoding or validation) are recorded the same way.
+//!
+//! Rows are sorted (events by `(topic, event_id)`, processed rows by sequence) so concurrent
+//! batches always take row locks in the same order and cannot deadlock on each other.
+//!
+//! The transaction first takes the compaction lock in shared mode, so compaction (which holds
+//! it exclusively) can never delete a processed row between this statement's snapshot and its
+//! insert (which would let a redelivered message count twice).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shared::Event;
+use sqlx::PgPool;
+
+/// Advisory lock key shared by batch writers (shared mode) and compaction (exclusive mode).
+pub const COMPACTION_LOCK: i64 = 0x6167_6772_636f_6d70; // "aggrcomp"
+
+/// A valid stream message to store: where it came from and the event it carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Id of the stream incarnation (`streams.id`).
+    pub stream_id: i32,
+    /// Stream sequence of the message.
+    pub seq: i64,
+    pub event: Event,
+}
+
+/// A stream message that could not be stored, with the reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub stream_id: i32,
+    pub seq: i64,
+    pub subject: String,
+    /// The raw bytes, truncated to [`MAX_DEAD_LETTER_BYTES`].
+    pub raw: Vec<u8>,
+    /// Size of the original message in bytes.
+    pub raw_size: i32,
+    pub reason: String,
+}
+
+/// Raw bytes of a dead letter kept for inspection.
+pub const MAX_DEAD_LETTER_BYTES: usize = 8 * 1024;
+
+/// What a committed batch changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Messages counted for the first time.
+    pub received: i64,
+    /// Of those, events stored for the first time.
+    pub unique: i64,
+    /// Dead letters recorded for the first time.
+    pub dead_lettered: i64,
+    /// Messages skipped because they had already been counted (redeliveries).
+    pub already_processed: i64,
+}
+
+impl BatchOutcome {
+    pub fn duplicates(&self) -> i64 {
+        self.received - self.unique
+    }
+}
+
+const INSERT_EVENTS: &str = r#"
+WITH batch AS (
+    SELECT * FROM unnest($2::int[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[],
+                         $7::text[], $8::text[])
+        AS b(stream_id, seq, topic, event_id, ts, source, payload)
+), fresh AS (
+    INSERT INTO processed_messages (stream_id, stream_seq)
+    SELECT b.stream_id, b.seq FROM batch b JOIN streams s ON s.id = b.stream_id
+    WHERE b.seq > s.floor_seq
+    ORDER BY b.stream_id, b.seq
+    ON CONFLICT DO NOTHING
+    RETURNING stream_id, stream_seq
+), counted AS (
+    SELECT b.* FROM batch b JOIN fresh f ON f.stream_id = b.stream_id AND f.stream_seq = b.seq
+), stored AS (
+    INSERT INTO events (topic, event_id, ts, source, payload)
+    SELECT topic, event_id, ts, source, payload::jsonb FROM counted
+    ORDER BY topic, event_id
+    ON CONFLICT (topic, event_id) DO NOTHING
+    RETURNING topic
+), counts AS (
+    SELECT r.topic, r.n AS received, coalesce(u.n, 0) AS uniq
+    FROM (SELECT topic, count(*) AS n FROM counted GROUP BY topic) r
+    LEFT JOIN (SELECT topic, count(*) AS n FROM stored GROUP BY topic) u USING (topic)
+), bump AS (
+    INSERT INTO topic_counters AS c (topic, shard, received, unique_processed)
+    SELECT topic, $1, received, uniq FROM counts ORDER BY topic
+    ON CONFLICT (topic, shard) DO UPDATE
+        SET received = c.received + excluded.received,
+            unique_processed = c.unique_processed + excluded.unique_processed
+)
+SELECT coalesce(sum(received), 0)::bigint, coalesce(sum(uniq), 0)::bigint FROM counts
+"#;
+
+const INSERT_DEAD_LETTERS: &str = r#"
+WITH dl AS (
+    SELECT * FROM unnest($2::int[], $3::bigint[], $4::text[], $5::bytea[], $6::int[], $7::text[])
+        AS d(stream_id, seq, subject, raw, raw_size, reason)
+), fresh AS (
+    INSERT INTO processed_messages (stream_id, stream_seq)
+    SELECT d.stream_id, d.seq FROM dl d JOIN streams s ON s.id = d.stream_id
+    WHERE d.seq > s.floor_seq
+    ORDER BY d.stream_id, d.seq
+    ON CONFLICT DO NOTHING
+    RETURNING stream_id, stream_seq
+), ins AS (
+    INSERT INTO dead_letters (stream_id, stream_seq, subject, raw, raw_size, reason)
+    SELECT d.stream_id, d.seq, d.subject, d.raw, d.raw_size, d.reason
+    FROM dl d JOIN fresh f ON f.stream_id = d.stream_id AND f.stream_seq = d.seq
+    ORDER BY d.stream_id, d.seq
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), bump AS (
+    INSERT INTO dead_letter_counters AS c (shard, count)
+    SELECT $1, count(*) FROM ins HAVING count(*) > 0
+    ON CONFLICT (shard) DO UPDATE SET count = c.count + excluded.count
+)
+SELECT count(*)::bigint FROM ins
+"#;
+
+/// Writes one batch in one transaction. `shard` is the caller's counter shard.
+///
+/// Safe to call again with the same records (after an ambiguous failure, or from WAL replay):
+/// anything already counted is skipped and reported in `already_processed`.
+pub async fn write_batch(
+    pool: &PgPool,
+    shard: i16,
+    records: &[Record],
+    dead: &[DeadLetter],
+) -> sqlx::Result<BatchOutcome> {
+    let mut outcome = BatchOutcome::default();
+    if records.is_empty() && dead.is_empty() {
+        return Ok(outcome);
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(COMPACTION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+
+    if !records.is_empty() {
+        let n = records.len();
+        let mut stream_ids = Vec::with_capacity(n);
+        let mut seqs = Vec::with_capacity(n);
+        let mut topics = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
+        let mut ts: Vec<DateTime<Utc>> = Vec::with_capacity(n);
+        let mut sources = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        for r in records {
+            stream_ids.push(r.stream_id);
+            seqs.push(r.seq);
+            topics.push(r.event.topic());
+            ids.push(r.event.event_id());
+            ts.push(r.event.timestamp());
+            sources.push(r.event.source());
+            payloads.push(r.event.payload_json());
+        }
+        let (received, unique): (i64, i64) = sqlx::query_as(INSERT_EVENTS)
+            .bind(shard)
+            .bind(&stream_ids)
+            .bind(&seqs)
+            .bind(&topics)
+            .bind(&ids)
+            .bind(&ts)
+            .bind(&sources)
+            .bind(&payloads)
+            .fetch_one(&mut *tx)
+            .await?;
+        outcome.received = received;
+        outcome.unique = unique;
+        outcome.already_processed = n as i64 - received;
+    }
+
+    if !dead.is_empty() {
+        let stream_ids: Vec<i32> = dead.iter().map(|d| d.stream_id).collect();
+        let seqs: Vec<i64> = dead.iter().map(|d| d.seq).collect();
+        let subjects: Vec<&str> = dead.iter().map(|d| d.subject.as_str()).collect();
+        let raws: Vec<&[u8]> = dead.iter().map(|d| d.raw.as_slice()).collect();
+        let sizes: Vec<i32> = dead.iter().map(|d| d.raw_size).collect();
+        let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+        let n: i64 = sqlx::query_scalar(INSERT_DEAD_LETTERS)
+            .bind(shard)
+            .bind(&stream_ids)
+            .bind(&seqs)
+            .bind(&subjects)
+            .bind(&raws)
+            .bind(&sizes)
+            .bind(&reasons)
+            .fetch_one(&mut *tx)
+            .await?;
+        outcome.dead_lettered = n;
+        outcome.already_processed += dead.len() as i64 - n;
+    }
+
+    tx.commit().await?;
+    Ok(outcome)
+}

@@ -1,0 +1,233 @@
+//! Workers: take a batch from the buffer, decode it, write it in one transaction, and only
+//! then acknowledge it to JetStream.
+//!
+//! Batches close at `BATCH_SIZE` messages or `BATCH_TIMEOUT` after their first message.
+//! Collecting a batch holds the buffer's lock (so batches are contiguous and cheap to form);
+//! decoding and writing happen outside it, so `WORKERS` batches are in the database at once.
+//!
+//! A message that fails to decode or validate becomes a dead letter, recorded in the same
+//! transaction as its batch-mates and terminated (never redelivered). A failed write is
+//! retried with backoff (keeping the messages' ack deadline alive with in-progress acks);
+//! when retries are exhausted the messages are negatively acknowledged so JetStream delivers
+//! them again later. Nothing is acknowledged before it is committed.
+
+use crate::guard::retry::Backoff;
+use crate::intake::Delivery;
+use crate::shutdown::CancellationToken;
+use crate::state::SharedState;
+use crate::store::batch::{self, BatchOutcome, DeadLetter, Record, MAX_DEAD_LETTER_BYTES};
+use crate::store::Store;
+use async_nats::jetstream::AckKind;
+use shared::{Event, Limits};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Mutex};
+
+pub type SharedReceiver = Arc<Mutex<mpsc::Receiver<Delivery>>>;
+
+/// A test-only fault injector: `AGGREGATOR_FAILPOINT=abort-after-commit:N` aborts the process
+/// right after the N-th batch commit, before its messages are acknowledged. It exists so tests
+/// can prove that a crash between commit and ack never double-counts.
+#[derive(Debug, Default)]
+pub struct Failpoint {
+    abort_after_commit: Option<u64>,
+    commits: AtomicU64,
+}
+
+impl Failpoint {
+    pub fn from_env() -> Self {
+        let abort_after_commit = std::env::var("AGGREGATOR_FAILPOINT")
+            .ok()
+            .and_then(|v| v.strip_prefix("abort-after-commit:")?.parse().ok());
+        Self {
+            abort_after_commit,
+            commits: AtomicU64::new(0),
+        }
+    }
+
+    fn after_commit(&self) {
+        if let Some(n) = self.abort_after_commit {
+            if self.commits.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                tracing::error!("failpoint abort-after-commit:{n} reached; aborting before ack");
+                std::process::abort();
+            }
+        }
+    }
+}
+
+pub struct Worker {
+    pub id: u16,
+    pub shard: i16,
+    pub state: SharedState,
+    pub store: Store,
+    pub rx: SharedReceiver,
+    pub shutdown: CancellationToken,
+    pub failpoint: Arc<Failpoint>,
+}
+
+impl Worker {
+    /// Runs until the buffer is closed and empty.
+    pub async fn run(self) {
+        let cfg = &self.state.config;
+        let max = cfg.batch_size as usize;
+        let mut batch = Vec::with_capacity(max);
+        loop {
+            batch.clear();
+            if collect(&self.rx, &mut batch, max, cfg.batch_timeout).await == 0 {
+                tracing::debug!(worker = self.id, "buffer closed; worker done");
+                return;
+            }
+            self.state
+                .buffered
+                .fetch_sub(batch.len() as i64, Ordering::Relaxed);
+            self.process(&mut batch).await;
+        }
+    }
+
+    async fn process(&self, batch: &mut Vec<Delivery>) {
+        let cfg = &self.state.config;
+        let limits = Limits {
+            max_payload_bytes: cfg.max_payload_bytes as usize,
+        };
+        // A message delivered twice into one batch is written once (and acked twice).
+        batch.sort_unstable_by_key(|d| (d.stream_id, d.seq));
+        let (records, dead) = decode(batch, &cfg.subject_prefix, &limits);
+
+        let backoff = Backoff {
+            max_retries: cfg.max_retries,
+            base: cfg.retry_delay,
+        };
+        let mut retry = 0;
+        let outcome = loop {
+            let started = Instant::now();
+            let result = tokio::time::timeout(
+                Duration::from_secs(30),
+                batch::write_batch(self.store.pool(), self.shard, &records, &dead),
+            )
+            .await;
+            let err = match result {
+                Ok(Ok(outcome)) => {
+                    metrics::histogram!("aggregator_batch_write_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    break Some(outcome);
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "batch write timed out after 30s".to_owned(),
+            };
+            retry += 1;
+            metrics::counter!("aggregator_batch_retries_total").increment(1);
+            let Some(delay) = backoff.delay(retry) else {
+                tracing::error!(worker = self.id, batch_len = batch.len(), error = %err,
+                    "batch write failed after {} retries; returning messages to JetStream", cfg.max_retries);
+                break None;
+            };
+            tracing::warn!(worker = self.id, batch_len = batch.len(), retry, error = %err,
+                delay_ms = delay.as_millis() as u64, "batch write failed; retrying");
+            // Keep the messages ours while we wait: reset their ack deadline.
+            for d in batch.iter() {
+                let _ = d.msg.ack_with(AckKind::Progress).await;
+            }
+            tokio::time::sleep(delay).await;
+        };
+
+        let Some(outcome) = outcome else {
+            for d in batch.iter() {
+                let _ = d.msg.ack_with(AckKind::Nak(Some(cfg.retry_delay))).await;
+            }
+            return;
+        };
+        self.failpoint.after_commit();
+        record_metrics(&outcome, batch.len());
+        let dead_seqs: std::collections::HashSet<(i32, i64)> =
+            dead.iter().map(|d| (d.stream_id, d.seq)).collect();
+        for d in batch.iter() {
+            let kind = if dead_seqs.contains(&(d.stream_id, d.seq)) {
+                AckKind::Term
+            } else {
+                AckKind::Ack
+            };
+            if let Err(e) = d.msg.ack_with(kind).await {
+                // The message is committed; if the ack is lost it is redelivered and then
+                // recognised as already processed.
+                tracing::debug!(error = %e, seq = d.seq, "ack failed");
+            }
+        }
+        if self.shutdown.is_cancelled() {
+            tracing::debug!(worker = self.id, "batch committed during shutdown");
+        }
+    }
+}
+
+/// Waits for the first message, then gathers more until `max` or `timeout`. Returns how many
+/// were gathered; 0 only when the buffer is closed and empty.
+async fn collect(
+    rx: &SharedReceiver,
+    batch: &mut Vec<Delivery>,
+    max: usize,
+    timeout: Duration,
+) -> usize {
+    let mut rx = rx.lock().await;
+    if rx.recv_many(batch, max).await == 0 {
+        return 0;
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, rx.recv_many(batch, max - batch.len())).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    batch.len()
+}
+
+/// Splits a batch (sorted by stream position) into records to store and dead letters.
+fn decode(batch: &[Delivery], prefix: &str, limits: &Limits) -> (Vec<Record>, Vec<DeadLetter>) {
+    let mut records = Vec::with_capacity(batch.len());
+    let mut dead = Vec::new();
+    let mut last = None;
+    for d in batch {
+        if last == Some((d.stream_id, d.seq)) {
+            continue;
+        }
+        last = Some((d.stream_id, d.seq));
+        let payload = &d.msg.payload;
+        let subject_topic = shared::subject::topic_of(prefix, d.msg.subject.as_str());
+        let reason = match Event::from_json(payload, limits) {
+            Ok(event) if Some(event.topic()) == subject_topic => {
+                records.push(Record {
+                    stream_id: d.stream_id,
+                    seq: d.seq,
+                    event,
+                });
+                continue;
+            }
+            Ok(event) => format!(
+                "topic {:?} in the body does not match subject {:?}",
+                event.topic(),
+                d.msg.subject.as_str()
+            ),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(stream_seq = d.seq, subject = %d.msg.subject, %reason, "dead-lettering invalid message");
+        let keep = payload.len().min(MAX_DEAD_LETTER_BYTES);
+        dead.push(DeadLetter {
+            stream_id: d.stream_id,
+            seq: d.seq,
+            subject: d.msg.subject.to_string(),
+            raw: payload[..keep].to_vec(),
+            raw_size: i32::try_from(payload.len()).unwrap_or(i32::MAX),
+            reason,
+        });
+    }
+    (records, dead)
+}
+
+fn record_metrics(o: &BatchOutcome, batch_len: usize) {
+    metrics::histogram!("aggregator_batch_size").record(batch_len as f64);
+    metrics::counter!("aggregator_events_received_total").increment(o.received as u64);
+    metrics::counter!("aggregator_events_unique_total").increment(o.unique as u64);
+    metrics::counter!("aggregator_events_duplicate_total").increment(o.duplicates() as u64);
+    metrics::counter!("aggregator_dead_letters_total").increment(o.dead_lettered as u64);
+    metrics::counter!("aggregator_redelivered_skipped_total").increment(o.already_processed as u64);
+}

@@ -1,0 +1,63 @@
+-- Core schema: events stored once per (topic, event_id), exact per-topic counters sharded so
+-- concurrent writers never queue on one row, and the record of processed stream messages that
+-- makes a redelivered message count once.
+
+-- Every distinct event, exactly once. `id` gives a stable ingest order for keyset pagination.
+CREATE TABLE events (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    topic       text        NOT NULL,
+    event_id    text        NOT NULL,
+    ts          timestamptz NOT NULL,
+    source      text        NOT NULL,
+    payload     jsonb       NOT NULL,
+    stored_at   timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT events_topic_event_id_key UNIQUE (topic, event_id)
+);
+
+-- One row per JetStream stream incarnation. A deleted and re-created stream restarts its
+-- sequence numbers at 1, so processed messages are keyed by (stream incarnation, sequence).
+-- `floor_seq`: every sequence <= floor_seq of this incarnation has been processed; the
+-- individual records below it have been compacted away.
+CREATE TABLE streams (
+    id          integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name        text   NOT NULL,
+    created_ns  text   NOT NULL,
+    floor_seq   bigint NOT NULL DEFAULT 0,
+    first_seen  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT streams_name_created_key UNIQUE (name, created_ns)
+);
+
+-- Stream messages already counted (above the stream's floor_seq).
+CREATE TABLE processed_messages (
+    stream_id   integer NOT NULL REFERENCES streams (id),
+    stream_seq  bigint  NOT NULL,
+    PRIMARY KEY (stream_id, stream_seq)
+);
+
+-- Exact counters per topic, split into shards: each worker adds to its own shard, so no
+-- single hot row serializes writers. Totals are sums over shards.
+CREATE TABLE topic_counters (
+    topic            text     NOT NULL,
+    shard            smallint NOT NULL,
+    received         bigint   NOT NULL DEFAULT 0,
+    unique_processed bigint   NOT NULL DEFAULT 0,
+    PRIMARY KEY (topic, shard)
+);
+
+-- Messages that could not be stored (undecodable, invalid): kept with their reason.
+CREATE TABLE dead_letters (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    stream_id   integer NOT NULL REFERENCES streams (id),
+    stream_seq  bigint  NOT NULL,
+    subject     text    NOT NULL,
+    raw         bytea   NOT NULL,
+    raw_size    integer NOT NULL,
+    reason      text    NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT dead_letters_stream_seq_key UNIQUE (stream_id, stream_seq)
+);
+
+CREATE TABLE dead_letter_counters (
+    shard  smallint PRIMARY KEY,
+    count  bigint NOT NULL DEFAULT 0
+);

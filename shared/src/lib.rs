@@ -1,0 +1,13 @@
+//! Types and rules shared by the publisher and the aggregator.
+//!
+//! * [`event`]: the telemetry [`Event`](event::Event), its wire format and the validation rules
+//!   from DESIGN.md. An `Event` value can only be built through validation, so an invalid one
+//!   cannot exist past the edge of either program.
+//! * [`subject`]: how a topic maps to a NATS subject (`<prefix>.<topic>`).
+//! * [`id`]: event id generation (UUIDv7, time ordered).
+
+pub mod event;
+pub mod id;
+pub mod subject;
+
+pub use event::{Event, Limits, ValidationError};

@@ -1,0 +1,45 @@
+//! Subject naming: an event with topic `t` travels on `<prefix>.<t>` (default prefix `events`).
+//!
+//! Topics are validated to be NATS subject tokens without wildcards (see
+//! [`crate::event::validate_topic`]), so the mapping is a plain concatenation and its inverse
+//! a prefix strip.
+
+/// Default subject prefix (`SUBJECT_PREFIX`).
+pub const DEFAULT_PREFIX: &str = "events";
+
+/// The subject an event with `topic` is published on.
+pub fn subject_for(prefix: &str, topic: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + 1 + topic.len());
+    s.push_str(prefix);
+    s.push('.');
+    s.push_str(topic);
+    s
+}
+
+/// The wildcard subject a stream binds to capture every topic: `<prefix>.>`.
+pub fn stream_subjects(prefix: &str) -> String {
+    format!("{prefix}.>")
+}
+
+/// The topic carried by `subject`, or `None` when the subject is not under `prefix`.
+pub fn topic_of<'a>(prefix: &str, subject: &'a str) -> Option<&'a str> {
+    subject
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_round_trip() {
+        let s = subject_for("events", "telemetry.satellite.status");
+        assert_eq!(s, "events.telemetry.satellite.status");
+        assert_eq!(topic_of("events", &s), Some("telemetry.satellite.status"));
+        assert_eq!(topic_of("events", "eventsx.a"), None);
+        assert_eq!(topic_of("events", "events."), None);
+        assert_eq!(stream_subjects("events"), "events.>");
+    }
+}
