@@ -488,9 +488,9 @@ mod tests {
             max_payload_bytes: 16,
         };
         let ts = "2026-11-23T10:30:45Z";
-        assert!(Event::from_json(&ev("t", "a", ts, "s", r#"{"k":"0123456"}"#), &limits).is_ok());
+        assert!(Event::from_json(&ev("t", "a", ts, "s", r#"{"k":"01234567"}"#), &limits).is_ok());
         let e =
-            Event::from_json(&ev("t", "a", ts, "s", r#"{"k":"01234567"}"#), &limits).unwrap_err();
+            Event::from_json(&ev("t", "a", ts, "s", r#"{"k":"012345678"}"#), &limits).unwrap_err();
         assert_eq!(e.field, "payload");
     }
 }
