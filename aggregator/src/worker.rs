@@ -85,7 +85,7 @@ impl Worker {
         }
     }
 
-    async fn process(&self, batch: &mut Vec<Delivery>) {
+    async fn process(&self, batch: &mut [Delivery]) {
         let cfg = &self.state.config;
         let limits = Limits {
             max_payload_bytes: cfg.max_payload_bytes as usize,

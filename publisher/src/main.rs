@@ -1,0 +1,65 @@
+//! `publisher`: the command-line front of the [`publisher`] library.
+//!
+//! Parses the flags, sets up logging on stderr (`RUST_LOG`, default `warn`; JSON lines when
+//! `LOG_FORMAT=json`), runs one publishing session and prints its summary on stdout. Exits
+//! non-zero, with one `error: ...` line on stderr, when any send failed or the target could
+//! not be reached.
+
+use clap::Parser;
+use publisher::{Config, SummaryFormat};
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    init_tracing();
+    let format = config.summary;
+
+    let summary = match publisher::run(config).await {
+        Ok(summary) => summary,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let out = match format {
+        SummaryFormat::Json => summary.to_json(),
+        SummaryFormat::Text => summary.to_text(),
+    };
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{out}") {
+        eprintln!("error: cannot write the summary to stdout: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    if let Some(reason) = &summary.aborted {
+        eprintln!(
+            "error: {reason} ({} of {} sends failed)",
+            summary.failed, summary.count
+        );
+        ExitCode::FAILURE
+    } else if summary.failed > 0 {
+        eprintln!(
+            "error: {} of {} sends failed",
+            summary.failed, summary.count
+        );
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

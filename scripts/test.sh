@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command (README "Run the tests"): installs what is missing, then checks formatting,
+# lints with warnings as errors, and runs every unit and integration test. Integration tests
+# start their own private nats-server and PostgreSQL on random ports; the machine's services
+# are not touched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# Binaries first: integration tests run the real `aggregator` and `publisher` processes.
+cargo build --workspace --bins
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi

@@ -1,0 +1,441 @@
+//! The `aggregator` binary run as a child process against a [`TestEnv`], with helpers
+//! for its HTTP API (`/ready`, `/stats`, `/health`, ...) and for crash/restart tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::binaries::aggregator_bin;
+use crate::env::TestEnv;
+use crate::util::{
+    self, die_with_parent, file_tail, free_port, kill_and_reap, log_marker, log_stdio, wait_child,
+};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const TERMINATE_TIMEOUT: Duration = Duration::from_secs(60);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
+const RECEIVED_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Configuration variables of the aggregator (DESIGN.md) that are removed from the
+/// inherited environment, so a developer's shell cannot change what a test runs.
+const CONFIG_VARS: &[&str] = &[
+    "NATS_URL",
+    "DATABASE_URL",
+    "HTTP_ADDR",
+    "STREAM_NAME",
+    "SUBJECT_PREFIX",
+    "CONSUMER_NAME",
+    "STREAM_REPLICAS",
+    "WORKERS",
+    "BATCH_SIZE",
+    "BATCH_TIMEOUT",
+    "MAX_BUFFER_SIZE",
+    "WAL_PATH",
+    "WAL_MAX_SIZE",
+    "MAX_RETRIES",
+    "RETRY_DELAY",
+    "CIRCUIT_BREAKER_THRESHOLD",
+    "CIRCUIT_BREAKER_TIMEOUT",
+    "HEALTH_CHECK_INTERVAL",
+    "REPLAY_BATCH",
+    "API_TOKEN",
+    "MAX_PAYLOAD_BYTES",
+    "RUST_LOG",
+];
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A running (or exited) aggregator process. Dropping it SIGKILLs the process.
+///
+/// Defaults: `NATS_URL`/`DATABASE_URL` of the env, `HTTP_ADDR=127.0.0.1:<free port>`,
+/// `WAL_PATH=<env work dir>/wal-<n>` (unique per `Aggregator`, kept by
+/// [`Aggregator::restart`]), `RUST_LOG=info`; `extra_env` overrides any of them.
+/// Output goes to `<env work dir>/aggregator-<n>.log`.
+#[derive(Debug)]
+pub struct Aggregator {
+    bin: PathBuf,
+    vars: Vec<(String, String)>,
+    addr: String,
+    wal_path: PathBuf,
+    log_path: PathBuf,
+    pid: u32,
+    child: Option<Child>,
+    exit_status: Option<ExitStatus>,
+    harness_port: bool,
+    http: reqwest::Client,
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("reqwest client")
+}
+
+fn as_i64(v: &Value, key: &str) -> Option<i64> {
+    v.get(key).and_then(Value::as_i64)
+}
+
+impl Aggregator {
+    /// Spawns the aggregator and waits until `GET /ready` returns 200 (panics with the
+    /// log tail if it exits or is not ready within 60 s).
+    pub async fn spawn(env: &TestEnv, extra_env: &[(&str, &str)]) -> Aggregator {
+        let mut agg = Aggregator::spawn_no_wait(env, extra_env).await;
+        for attempt in 1..=5 {
+            match agg.try_wait_ready().await {
+                Ok(()) => return agg,
+                Err((msg, true)) if agg.harness_port && attempt < 5 => {
+                    log_marker(&agg.log_path, &format!("{msg}; retrying on another port"));
+                    agg.addr = format!("127.0.0.1:{}", free_port());
+                    set_var(&mut agg.vars, "HTTP_ADDR", &agg.addr.clone());
+                    agg.start_process();
+                }
+                Err((msg, _)) => {
+                    agg.kill();
+                    panic!("aggregator not ready: {msg}\n{}", agg.log_tail());
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    /// Spawns the aggregator without waiting for readiness (e.g. to test start-up
+    /// failures with [`Aggregator::wait_exit`]).
+    pub async fn spawn_no_wait(env: &TestEnv, extra_env: &[(&str, &str)]) -> Aggregator {
+        let bin = aggregator_bin().await;
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let work = env.work_dir();
+        let default_wal = work.join(format!("wal-{n}"));
+        let log_path = work.join(format!("aggregator-{n}.log"));
+        let mut vars: Vec<(String, String)> = Vec::new();
+        let harness_port = !extra_env.iter().any(|(k, _)| *k == "HTTP_ADDR");
+        set_var(&mut vars, "NATS_URL", &env.nats.url());
+        set_var(&mut vars, "DATABASE_URL", &env.database_url());
+        set_var(
+            &mut vars,
+            "HTTP_ADDR",
+            &format!("127.0.0.1:{}", if harness_port { free_port() } else { 0 }),
+        );
+        set_var(&mut vars, "WAL_PATH", &default_wal.to_string_lossy());
+        set_var(&mut vars, "RUST_LOG", "info");
+        for (k, v) in extra_env {
+            set_var(&mut vars, k, v);
+        }
+        let addr = get_var(&vars, "HTTP_ADDR").unwrap_or_default();
+        let wal_path = PathBuf::from(get_var(&vars, "WAL_PATH").unwrap_or_default());
+        let mut agg = Aggregator {
+            bin,
+            vars,
+            addr,
+            wal_path,
+            log_path,
+            pid: 0,
+            child: None,
+            exit_status: None,
+            harness_port,
+            http: http_client(),
+        };
+        agg.start_process();
+        agg
+    }
+
+    fn start_process(&mut self) {
+        let (out, err) = log_stdio(&self.log_path);
+        let mut cmd = Command::new(&self.bin);
+        for var in CONFIG_VARS {
+            cmd.env_remove(var);
+        }
+        cmd.envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
+        self.pid = child.id();
+        self.child = Some(child);
+        self.exit_status = None;
+    }
+
+    /// Err((message, port_in_use)).
+    async fn try_wait_ready(&mut self) -> Result<(), (String, bool)> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let url = format!("{}/ready", self.base_url());
+        let mut last: String;
+        loop {
+            if let Some(status) = self.poll_exit() {
+                let tail = file_tail(&self.log_path, 40).to_lowercase();
+                let in_use =
+                    tail.contains("address already in use") || tail.contains("os error 98");
+                return Err((format!("aggregator exited with {status}"), in_use));
+            }
+            match self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+            {
+                Ok(resp) if resp.status().as_u16() == 200 => return Ok(()),
+                Ok(resp) => last = format!("GET /ready -> {}", resp.status()),
+                Err(e) => last = format!("GET /ready: {e}"),
+            }
+            if Instant::now() >= deadline {
+                return Err((
+                    format!("not ready after {READY_TIMEOUT:?} (last: {last})"),
+                    false,
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `GET /ready` returns 200; panics with the log tail if the process
+    /// exits or 60 s pass.
+    pub async fn wait_ready(&mut self) {
+        if let Err((msg, _)) = self.try_wait_ready().await {
+            self.kill();
+            panic!("aggregator not ready: {msg}\n{}", self.log_tail());
+        }
+    }
+
+    /// Starts the process again with the same environment (same HTTP port and WAL
+    /// directory), SIGKILLing it first if it is still running, and waits until ready.
+    pub async fn restart(&mut self) {
+        self.restart_no_wait();
+        self.wait_ready().await;
+    }
+
+    /// Like [`Aggregator::restart`] without waiting for readiness.
+    pub fn restart_no_wait(&mut self) {
+        self.kill();
+        log_marker(&self.log_path, "restart");
+        self.start_process();
+    }
+
+    fn poll_exit(&mut self) -> Option<ExitStatus> {
+        if let Some(status) = self.exit_status {
+            return Some(status);
+        }
+        let child = self.child.as_mut()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            self.exit_status = Some(status);
+            self.child = None;
+            return Some(status);
+        }
+        None
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_some() && self.poll_exit().is_none()
+    }
+
+    /// `http://<HTTP_ADDR>`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The pid of the (latest) process.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The WAL directory (`WAL_PATH`) of this aggregator.
+    pub fn wal_path(&self) -> &Path {
+        &self.wal_path
+    }
+
+    /// The log file (stdout + stderr of every run, restarts appended).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The last lines of the log, for panic messages.
+    pub fn log_tail(&self) -> String {
+        file_tail(&self.log_path, 80)
+    }
+
+    /// The HTTP client used by the helpers (no proxy, 30 s timeout).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// SIGKILLs the process and reaps it. No-op when it has exited.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(status) = kill_and_reap(&mut child) {
+                self.exit_status = Some(status);
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits up to 60 s for the exit (then SIGKILL and panic).
+    pub async fn terminate(&mut self) -> ExitStatus {
+        if let Some(status) = self.poll_exit() {
+            return status;
+        }
+        util::signal(self.pid, Signal::SIGTERM);
+        let child = self.child.as_mut().expect("child");
+        match wait_child(child, TERMINATE_TIMEOUT).await {
+            Some(status) => {
+                self.exit_status = Some(status);
+                self.child = None;
+                status
+            }
+            None => {
+                self.kill();
+                panic!(
+                    "aggregator did not exit within {TERMINATE_TIMEOUT:?} after SIGTERM\n{}",
+                    self.log_tail()
+                );
+            }
+        }
+    }
+
+    /// Waits for the process to exit by itself (safety net 120 s, then SIGKILL and
+    /// panic).
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        if let Some(status) = self.poll_exit() {
+            return status;
+        }
+        let child = self.child.as_mut().expect("child");
+        match wait_child(child, EXIT_TIMEOUT).await {
+            Some(status) => {
+                self.exit_status = Some(status);
+                self.child = None;
+                status
+            }
+            None => {
+                self.kill();
+                panic!(
+                    "aggregator did not exit within {EXIT_TIMEOUT:?}\n{}",
+                    self.log_tail()
+                );
+            }
+        }
+    }
+
+    /// `GET <path>` → (status, body). A body that is not JSON is returned as
+    /// `Value::String`. Panics (with the log tail) when the request itself fails.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        match self.try_get(path).await {
+            Ok(r) => r,
+            Err(e) => panic!("GET {path}: {e}\n{}", self.log_tail()),
+        }
+    }
+
+    async fn try_get(&self, path: &str) -> Result<(u16, Value), reqwest::Error> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base_url()))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, parse_body(text)))
+    }
+
+    /// `POST <path>` with a JSON body → (status, body). A body that is not JSON is
+    /// returned as `Value::String`. Panics (with the log tail) when the request fails.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base_url()))
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.log_tail()));
+        let status = resp.status().as_u16();
+        let text = resp
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} body: {e}"));
+        (status, parse_body(text))
+    }
+
+    /// `GET /stats`; panics with the body on a non-200 answer.
+    pub async fn stats(&self) -> Value {
+        let (status, body) = self.get("/stats").await;
+        assert!(
+            status == 200,
+            "GET /stats -> {status}: {body}\n{}",
+            self.log_tail()
+        );
+        body
+    }
+
+    /// `GET /health` → (status, body).
+    pub async fn health(&self) -> (u16, Value) {
+        self.get("/health").await
+    }
+
+    /// Polls `/stats` until `received >= n` and
+    /// `received == unique_processed + duplicate_dropped`; returns those stats.
+    /// Panics with the last stats and the log tail after a 120 s safety timeout, or at
+    /// once if the process exits.
+    pub async fn wait_until_received(&mut self, n: i64) -> Value {
+        let deadline = Instant::now() + RECEIVED_TIMEOUT;
+        let mut last = String::from("none yet");
+        loop {
+            if let Some(status) = self.poll_exit() {
+                panic!(
+                    "aggregator exited ({status}) while waiting for received >= {n} \
+                     (last stats: {last})\n{}",
+                    self.log_tail()
+                );
+            }
+            match self.try_get("/stats").await {
+                Ok((200, stats)) => {
+                    let received = as_i64(&stats, "received");
+                    let unique = as_i64(&stats, "unique_processed");
+                    let dups = as_i64(&stats, "duplicate_dropped");
+                    if let (Some(r), Some(u), Some(d)) = (received, unique, dups) {
+                        if r >= n && r == u + d {
+                            return stats;
+                        }
+                    }
+                    last = stats.to_string();
+                }
+                Ok((status, body)) => last = format!("GET /stats -> {status}: {body}"),
+                Err(e) => last = format!("GET /stats: {e}"),
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "received >= {n} (with received == unique_processed + duplicate_dropped) \
+                     not reached within {RECEIVED_TIMEOUT:?}; last stats: {last}\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Aggregator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn parse_body(text: String) -> Value {
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+fn set_var(vars: &mut Vec<(String, String)>, key: &str, value: &str) {
+    if let Some(slot) = vars.iter_mut().find(|(k, _)| k == key) {
+        slot.1 = value.to_string();
+    } else {
+        vars.push((key.to_string(), value.to_string()));
+    }
+}
+
+fn get_var(vars: &[(String, String)], key: &str) -> Option<String> {
+    vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+}

@@ -1,0 +1,34 @@
+//! Shared integration-test harness for the telemetry aggregator.
+//!
+//! Every test gets PRIVATE servers on free ports ([`TestEnv`]: a `nats-server -js` and a
+//! PostgreSQL cluster), so it may kill, stop, pause and restart them freely and tests
+//! can run in parallel (threads of `cargo test` and nextest processes). The shared
+//! services on 4222/5432 are never touched.
+//!
+//! - [`Nats`], [`Postgres`], [`TestEnv`]: the private infrastructure.
+//! - [`Aggregator`]: the `aggregator` binary as a child process, plus HTTP helpers.
+//! - [`run_publisher`], [`publish_raw`], [`event_json`]: ways to feed events in.
+//! - [`eventually`], [`free_port`]: utilities.
+//!
+//! Every child process is SIGKILLed on drop (also when a test panics) and gets
+//! `PR_SET_PDEATHSIG` so even a killed test process leaves nothing behind. Panic
+//! messages include the relevant log tail. Timeouts are safety nets only.
+//!
+//! Environment knobs: `IT_KEEP_DIRS=1` keeps temp dirs (logs, data) for inspection;
+//! `IT_SKIP_BUILD=1` never runs `cargo build` for the binaries.
+
+pub mod aggregator;
+pub mod binaries;
+pub mod env;
+pub mod nats;
+pub mod postgres;
+pub mod publish;
+pub mod util;
+
+pub use aggregator::Aggregator;
+pub use binaries::{aggregator_bin, publisher_bin, workspace_root};
+pub use env::{TestEnv, AGGREGATOR_DB};
+pub use nats::Nats;
+pub use postgres::Postgres;
+pub use publish::{event_json, publish_raw, run_publisher};
+pub use util::{eventually, file_tail, free_port, TempDir};

@@ -1,0 +1,106 @@
+//! Publishing helpers: the `publisher` binary, raw JetStream publishes and event JSON.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::binaries::publisher_bin;
+use crate::env::TestEnv;
+
+const PUBLISHER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs `publisher --nats-url <env nats> --summary json <args...>`, asserts it exits
+/// successfully (panics with its stderr otherwise) and returns the JSON summary it
+/// prints on stdout.
+pub async fn run_publisher(env: &TestEnv, args: &[&str]) -> Value {
+    let bin = publisher_bin().await;
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.arg("--nats-url")
+        .arg(env.nats.url())
+        .arg("--summary")
+        .arg("json")
+        .args(args)
+        .env_remove("NATS_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+    let out = match tokio::time::timeout(PUBLISHER_TIMEOUT, child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => panic!("publisher {args:?}: {e}"),
+        Err(_) => panic!("publisher {args:?} did not finish within {PUBLISHER_TIMEOUT:?}"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "publisher {args:?} failed ({}):\nstderr:\n{}\nstdout:\n{}",
+        out.status,
+        tail(&stderr, 60),
+        tail(&stdout, 20)
+    );
+    let trimmed = stdout.trim();
+    serde_json::from_str::<Value>(trimmed)
+        .ok()
+        .or_else(|| {
+            trimmed
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .and_then(|l| serde_json::from_str(l.trim()).ok())
+        })
+        .filter(Value::is_object)
+        .unwrap_or_else(|| {
+            panic!(
+                "publisher {args:?}: stdout is not one JSON object:\n{}\nstderr:\n{}",
+                tail(&stdout, 20),
+                tail(&stderr, 20)
+            )
+        })
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Publishes `payload` to `subject` on JetStream and waits for the stream's PubAck;
+/// panics on any error. Returns the ack (stream, sequence, duplicate flag).
+pub async fn publish_raw(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    payload: Bytes,
+) -> async_nats::jetstream::publish::PublishAck {
+    js.publish(subject.to_string(), payload)
+        .await
+        .unwrap_or_else(|e| panic!("publish to {subject}: {e}"))
+        .await
+        .unwrap_or_else(|e| panic!("PubAck for {subject}: {e}"))
+}
+
+/// A valid event JSON: the given topic, event id and source, `timestamp` = now
+/// (RFC 3339, milliseconds, `Z`) and payload `{"battery_charge_percent": 50.0}`.
+pub fn event_json(topic: &str, event_id: &str, source: &str) -> Bytes {
+    let event = serde_json::json!({
+        "topic": topic,
+        "event_id": event_id,
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "source": source,
+        "payload": {"battery_charge_percent": 50.0},
+    });
+    Bytes::from(serde_json::to_vec(&event).expect("serialize event"))
+}
