@@ -2,17 +2,22 @@
 -- concurrent writers never queue on one row, and the record of processed stream messages that
 -- makes a redelivered message count once.
 
--- Every distinct event, exactly once. `id` gives a stable ingest order for keyset pagination.
+-- Every distinct event, exactly once: (topic, event_id) is the key. `id` is the ingest order,
+-- the tie-breaker of the keyset pagination of GET /events (newest timestamp first).
 CREATE TABLE events (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     topic       text        NOT NULL,
     event_id    text        NOT NULL,
     ts          timestamptz NOT NULL,
     source      text        NOT NULL,
     payload     jsonb       NOT NULL,
     stored_at   timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT events_topic_event_id_key UNIQUE (topic, event_id)
+    id          bigint GENERATED ALWAYS AS IDENTITY,
+    CONSTRAINT events_pkey PRIMARY KEY (topic, event_id)
 );
+-- GET /events: ORDER BY ts DESC, id DESC with optional topic / source / time-range filters.
+CREATE INDEX events_ts_id_idx ON events (ts, id);
+CREATE INDEX events_topic_ts_id_idx ON events (topic, ts, id);
+CREATE INDEX events_source_ts_id_idx ON events (source, ts, id);
 
 -- One row per JetStream stream incarnation. A deleted and re-created stream restarts its
 -- sequence numbers at 1, so processed messages are keyed by (stream incarnation, sequence).

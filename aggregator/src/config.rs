@@ -125,6 +125,18 @@ pub struct Config {
     #[arg(long, env = "COMPACT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub compact_interval: Duration,
 
+    /// Largest accepted HTTP request body, in bytes (413 above it).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 10_485_760, value_parser = clap::value_parser!(u64).range(1..=1_073_741_824))]
+    pub max_body_bytes: u64,
+
+    /// Longest wait for the stream's acknowledgements of a POST /publish (503 after it).
+    #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// Distinct topic label values on metrics; further topics are counted as "other".
+    #[arg(long, env = "METRICS_MAX_TOPICS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub metrics_max_topics: u32,
+
     /// Bearer token required by write endpoints when set.
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,

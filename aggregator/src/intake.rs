@@ -21,6 +21,8 @@ pub struct Delivery {
     pub msg: jetstream::Message,
     pub stream_id: i32,
     pub seq: i64,
+    /// When JetStream stored the message (Unix seconds), for the end-to-end lag metric.
+    pub published_unix: f64,
 }
 
 /// Runs until `shutdown` is cancelled, then drops the sender so the workers drain and stop.
@@ -82,8 +84,11 @@ pub async fn run(
             };
             match next {
                 Some(Ok(msg)) => {
-                    let seq = match msg.info() {
-                        Ok(info) => info.stream_sequence as i64,
+                    let (seq, published_unix) = match msg.info() {
+                        Ok(info) => (
+                            info.stream_sequence as i64,
+                            info.published.unix_timestamp_nanos() as f64 / 1e9,
+                        ),
                         Err(e) => {
                             tracing::warn!(error = %e, subject = %msg.subject, "message without JetStream metadata; ignoring");
                             continue;
@@ -94,6 +99,7 @@ pub async fn run(
                         msg,
                         stream_id,
                         seq,
+                        published_unix,
                     };
                     tokio::select! {
                         _ = shutdown.cancelled() => {

@@ -5,6 +5,7 @@
 
 use crate::config::Config;
 use crate::store::Store;
+use crate::telemetry::TopicLabels;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -20,13 +21,16 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Messages pulled from JetStream and not yet taken by a worker.
     pub buffered: AtomicI64,
+    pub topic_labels: TopicLabels,
 }
 
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
     pub fn new(config: Config, prometheus: Option<PrometheusHandle>) -> SharedState {
+        let topic_labels = TopicLabels::new(config.metrics_max_topics as usize);
         Arc::new(Self {
+            topic_labels,
             config,
             started: Instant::now(),
             store: OnceLock::new(),

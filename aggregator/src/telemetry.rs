@@ -38,3 +38,71 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()?;
     Ok(handle)
 }
+
+/// Bounds the distinct values of the `topic` metric label: the first `max` topics seen get
+/// their own series, the rest share `topic="other"`, so a flood of topics cannot grow the
+/// metrics registry without limit.
+pub struct TopicLabels {
+    max: usize,
+    admitted: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl TopicLabels {
+    pub const OTHER: &'static str = "other";
+
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            admitted: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// The label value to use for `topic`.
+    pub fn label(&self, topic: &str) -> String {
+        let Ok(mut admitted) = self.admitted.lock() else {
+            return Self::OTHER.to_owned();
+        };
+        if admitted.contains(topic) {
+            return topic.to_owned();
+        }
+        if admitted.len() < self.max && topic != Self::OTHER {
+            admitted.insert(topic.to_owned());
+            return topic.to_owned();
+        }
+        Self::OTHER.to_owned()
+    }
+}
+
+/// Names of the metrics this service records (Prometheus conventions).
+pub mod names {
+    pub const RECEIVED: &str = "aggregator_events_received_total";
+    pub const UNIQUE: &str = "aggregator_events_unique_total";
+    pub const DUPLICATE: &str = "aggregator_events_duplicate_total";
+    pub const DEAD_LETTERS: &str = "aggregator_dead_letters_total";
+    pub const REDELIVERED_SKIPPED: &str = "aggregator_redelivered_skipped_total";
+    pub const BATCH_SIZE: &str = "aggregator_batch_size";
+    pub const BATCH_WRITE_SECONDS: &str = "aggregator_batch_write_seconds";
+    pub const BATCH_RETRIES: &str = "aggregator_batch_retries_total";
+    pub const LAG_SECONDS: &str = "aggregator_end_to_end_lag_seconds";
+    pub const BUFFER_SIZE: &str = "aggregator_buffer_size";
+    pub const CONSUMER_PENDING: &str = "aggregator_consumer_pending";
+    pub const WAL_RECORDS: &str = "aggregator_wal_records";
+    pub const WAL_BYTES: &str = "aggregator_wal_bytes";
+    pub const BREAKER_STATE: &str = "aggregator_circuit_breaker_state";
+    pub const PUBLISHED: &str = "aggregator_http_published_events_total";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_labels_are_capped() {
+        let l = TopicLabels::new(2);
+        assert_eq!(l.label("a"), "a");
+        assert_eq!(l.label("b"), "b");
+        assert_eq!(l.label("c"), "other");
+        assert_eq!(l.label("a"), "a");
+        assert_eq!(TopicLabels::new(0).label("a"), "other");
+    }
+}

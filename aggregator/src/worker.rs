@@ -108,7 +108,7 @@ impl Worker {
             .await;
             let err = match result {
                 Ok(Ok(outcome)) => {
-                    metrics::histogram!("aggregator_batch_write_seconds")
+                    metrics::histogram!(crate::telemetry::names::BATCH_WRITE_SECONDS)
                         .record(started.elapsed().as_secs_f64());
                     break Some(outcome);
                 }
@@ -116,7 +116,7 @@ impl Worker {
                 Err(_) => "batch write timed out after 30s".to_owned(),
             };
             retry += 1;
-            metrics::counter!("aggregator_batch_retries_total").increment(1);
+            metrics::counter!(crate::telemetry::names::BATCH_RETRIES).increment(1);
             let Some(delay) = backoff.delay(retry) else {
                 tracing::error!(worker = self.id, batch_len = batch.len(), error = %err,
                     "batch write failed after {} retries; returning messages to JetStream", cfg.max_retries);
@@ -138,7 +138,7 @@ impl Worker {
             return;
         };
         self.failpoint.after_commit();
-        record_metrics(&outcome, batch.len());
+        record_metrics(&self.state, &outcome, batch);
         let dead_seqs: std::collections::HashSet<(i32, i64)> =
             dead.iter().map(|d| (d.stream_id, d.seq)).collect();
         for d in batch.iter() {
@@ -223,11 +223,24 @@ fn decode(batch: &[Delivery], prefix: &str, limits: &Limits) -> (Vec<Record>, Ve
     (records, dead)
 }
 
-fn record_metrics(o: &BatchOutcome, batch_len: usize) {
-    metrics::histogram!("aggregator_batch_size").record(batch_len as f64);
-    metrics::counter!("aggregator_events_received_total").increment(o.received as u64);
-    metrics::counter!("aggregator_events_unique_total").increment(o.unique as u64);
-    metrics::counter!("aggregator_events_duplicate_total").increment(o.duplicates() as u64);
-    metrics::counter!("aggregator_dead_letters_total").increment(o.dead_lettered as u64);
-    metrics::counter!("aggregator_redelivered_skipped_total").increment(o.already_processed as u64);
+fn record_metrics(state: &SharedState, o: &BatchOutcome, batch: &[Delivery]) {
+    use crate::telemetry::names;
+    metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
+    for t in &o.topics {
+        let label = state.topic_labels.label(&t.topic);
+        metrics::counter!(names::RECEIVED, "topic" => label.clone()).increment(t.received as u64);
+        metrics::counter!(names::UNIQUE, "topic" => label.clone()).increment(t.unique as u64);
+        metrics::counter!(names::DUPLICATE, "topic" => label)
+            .increment((t.received - t.unique) as u64);
+    }
+    metrics::counter!(names::DEAD_LETTERS).increment(o.dead_lettered as u64);
+    metrics::counter!(names::REDELIVERED_SKIPPED).increment(o.already_processed as u64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let lag = metrics::histogram!(names::LAG_SECONDS);
+    for d in batch {
+        lag.record((now - d.published_unix).max(0.0));
+    }
 }

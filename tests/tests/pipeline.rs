@@ -19,15 +19,16 @@ async fn count_events(db: &PgPool) -> i64 {
         .unwrap()
 }
 
-/// The value of an unlabelled metric in Prometheus text, 0 when absent.
+/// The value of a metric in Prometheus text, summed over all its label sets; 0 when absent.
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (n, v) = l.split_once(' ')?;
-            (n == name).then(|| v.trim().parse().ok()).flatten()
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let series_name = series.split('{').next()?;
+            (series_name == name).then(|| value.trim().parse::<f64>().ok())?
         })
-        .unwrap_or(0.0)
+        .sum()
 }
 
 async fn metrics_text(agg: &Aggregator) -> String {

@@ -1,12 +1,21 @@
 //! `GET /metrics`: Prometheus text exposition of everything recorded through `metrics`.
+//!
+//! Gauges that describe current state (buffer, consumer backlog) are refreshed at scrape time.
 
+use crate::broker;
 use crate::state::SharedState;
+use crate::telemetry::names;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 pub async fn render(State(state): State<SharedState>) -> Response {
-    metrics::gauge!("aggregator_buffer_size").set(state.buffer_size() as f64);
+    metrics::gauge!(names::BUFFER_SIZE).set(state.buffer_size() as f64);
+    if let Some(js) = state.jetstream().filter(|_| state.nats_up()) {
+        if let Some(pending) = broker::consumer_pending(&js, &state.config).await {
+            metrics::gauge!(names::CONSUMER_PENDING).set(pending as f64);
+        }
+    }
     match &state.prometheus {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

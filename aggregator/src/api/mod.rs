@@ -2,54 +2,120 @@
 //!
 //! | route | module |
 //! |---|---|
+//! | `POST /publish` | [`publish`] (bearer token when `API_TOKEN` is set: [`auth`]) |
+//! | `GET /events` | [`events`] |
 //! | `GET /stats` | [`stats`] |
 //! | `GET /health`, `GET /live`, `GET /ready` | [`health`] |
 //! | `GET /metrics` | [`metrics`] |
 //!
-//! The API never writes SQL itself: it calls the `store` module.
+//! The API never writes SQL itself: it calls the `store` module. Every request gets a tracing
+//! span with method, path, status and latency.
 
+pub mod auth;
+pub mod events;
 pub mod health;
 pub mod metrics;
+pub mod publish;
 pub mod stats;
 
 use crate::state::SharedState;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+use serde::Serialize;
+use std::time::Duration;
+use tower_http::trace::TraceLayer;
 
 pub fn router(state: SharedState) -> Router {
+    let body_limit = usize::try_from(state.config.max_body_bytes).unwrap_or(usize::MAX);
+    let writes = Router::new()
+        .route("/publish", post(publish::publish))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
+        .merge(writes)
+        .route("/events", get(events::list))
         .route("/stats", get(stats::get_stats))
         .route("/health", get(health::health))
         .route("/live", get(health::live))
         .route("/ready", get(health::ready))
         .route("/metrics", get(metrics::render))
+        .fallback(not_found)
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), status = tracing::field::Empty)
+                })
+                .on_response(|resp: &Response, latency: Duration, span: &tracing::Span| {
+                    span.record("status", resp.status().as_u16());
+                    tracing::debug!(status = resp.status().as_u16(), latency_ms = latency.as_secs_f64() * 1e3, "request");
+                }),
+        )
         .with_state(state)
 }
 
-/// An error answer: `{"error": "..."}` with a status code.
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// One problem with a request: which event (for bodies with several), which field, why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Detail {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub field: String,
+    pub reason: String,
+}
+
+/// An error answer: `{"error": "...", "details": [...]}` with a status code.
+#[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    pub details: Vec<Detail>,
 }
 
 impl ApiError {
-    pub fn unavailable(message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
+            status,
             message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+
+    /// 400 naming one field (a query parameter, or `body`).
+    pub fn bad_field(field: &str, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("invalid {field}: {reason}"),
+            details: vec![Detail {
+                index: None,
+                field: field.to_owned(),
+                reason,
+            }],
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response();
+        let body = if self.details.is_empty() {
+            serde_json::json!({ "error": self.message })
+        } else {
+            serde_json::json!({ "error": self.message, "details": self.details })
+        };
+        let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

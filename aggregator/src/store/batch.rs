@@ -50,8 +50,16 @@ pub struct DeadLetter {
 /// Raw bytes of a dead letter kept for inspection.
 pub const MAX_DEAD_LETTER_BYTES: usize = 8 * 1024;
 
+/// Per-topic counts of a committed batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct TopicDelta {
+    pub topic: String,
+    pub received: i64,
+    pub unique: i64,
+}
+
 /// What a committed batch changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
     /// Messages counted for the first time.
     pub received: i64,
@@ -61,6 +69,8 @@ pub struct BatchOutcome {
     pub dead_lettered: i64,
     /// Messages skipped because they had already been counted (redeliveries).
     pub already_processed: i64,
+    /// The counted messages by topic.
+    pub topics: Vec<TopicDelta>,
 }
 
 impl BatchOutcome {
@@ -100,7 +110,7 @@ WITH batch AS (
         SET received = c.received + excluded.received,
             unique_processed = c.unique_processed + excluded.unique_processed
 )
-SELECT coalesce(sum(received), 0)::bigint, coalesce(sum(uniq), 0)::bigint FROM counts
+SELECT topic, received, uniq AS "unique" FROM counts
 "#;
 
 const INSERT_DEAD_LETTERS: &str = r#"
@@ -167,7 +177,7 @@ pub async fn write_batch(
             sources.push(r.event.source());
             payloads.push(r.event.payload_json());
         }
-        let (received, unique): (i64, i64) = sqlx::query_as(INSERT_EVENTS)
+        let topics: Vec<TopicDelta> = sqlx::query_as(INSERT_EVENTS)
             .bind(shard)
             .bind(&stream_ids)
             .bind(&seqs)
@@ -176,11 +186,12 @@ pub async fn write_batch(
             .bind(&ts)
             .bind(&sources)
             .bind(&payloads)
-            .fetch_one(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
-        outcome.received = received;
-        outcome.unique = unique;
-        outcome.already_processed = n as i64 - received;
+        outcome.received = topics.iter().map(|t| t.received).sum();
+        outcome.unique = topics.iter().map(|t| t.unique).sum();
+        outcome.already_processed = n as i64 - outcome.received;
+        outcome.topics = topics;
     }
 
     if !dead.is_empty() {

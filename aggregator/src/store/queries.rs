@@ -48,3 +48,59 @@ pub async fn totals(pool: &PgPool) -> sqlx::Result<Totals> {
     t.topics = topics;
     Ok(t)
 }
+
+/// Filters and position for [`list_events`].
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub topic: Option<String>,
+    pub source: Option<String>,
+    /// Inclusive lower bound on the event timestamp.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Exclusive upper bound on the event timestamp.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Keyset position: return rows strictly after (older than) this `(ts, id)`.
+    pub after: Option<(chrono::DateTime<chrono::Utc>, i64)>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub topic: String,
+    pub event_id: String,
+    pub ts: chrono::DateTime<chrono::Utc>,
+    pub source: String,
+    pub payload: serde_json::Value,
+    pub stored_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Events newest timestamp first (ties: newest ingest first), by keyset pagination. Only the
+/// filters that are set become SQL conditions, so each shape of query gets a plan that uses
+/// the matching `(…, ts, id)` index.
+pub async fn list_events(pool: &PgPool, f: &EventFilter) -> sqlx::Result<Vec<StoredEvent>> {
+    let mut q = sqlx::QueryBuilder::new(
+        "SELECT id, topic, event_id, ts, source, payload, stored_at FROM events WHERE true",
+    );
+    if let Some(topic) = &f.topic {
+        q.push(" AND topic = ").push_bind(topic);
+    }
+    if let Some(source) = &f.source {
+        q.push(" AND source = ").push_bind(source);
+    }
+    if let Some(since) = f.since {
+        q.push(" AND ts >= ").push_bind(since);
+    }
+    if let Some(until) = f.until {
+        q.push(" AND ts < ").push_bind(until);
+    }
+    if let Some((ts, id)) = f.after {
+        q.push(" AND (ts, id) < (")
+            .push_bind(ts)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    q.push(" ORDER BY ts DESC, id DESC LIMIT ")
+        .push_bind(f.limit);
+    q.build_query_as().fetch_all(pool).await
+}

@@ -1,0 +1,213 @@
+//! `POST /publish`: validate every event, publish each to JetStream, answer after the stream
+//! acknowledged all of them.
+//!
+//! The body is one event, a JSON array of events, or `{"events": [...]}`. Validation comes
+//! first and is all-or-nothing: if any event is invalid the answer is 422 with one detail per
+//! invalid event and nothing is published. Then each event goes to `<prefix>.<topic>` and the
+//! handler waits (at most `PUBLISH_TIMEOUT`) for every PubAck before answering 202.
+//!
+//! With an `Idempotency-Key` header, event `i` is published with `Nats-Msg-Id: <key>:<i>`, so
+//! a client retrying a request whose answer it lost does not create the messages twice
+//! (within the stream's 2-minute duplicate window). Without it, a retried request that had
+//! partly succeeded re-publishes those events; they are then counted as duplicates, never
+//! stored twice.
+
+use super::{ApiError, Detail};
+use crate::state::SharedState;
+use crate::telemetry::names;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use futures::future::try_join_all;
+use serde_json::Value;
+use shared::{Event, Limits};
+use std::future::IntoFuture;
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+pub async fn publish(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body is larger than MAX_BODY_BYTES ({} bytes)",
+                    state.config.max_body_bytes
+                ),
+            )
+        } else {
+            ApiError::bad_field("body", rejection.body_text())
+        }
+    })?;
+    let limits = Limits {
+        max_payload_bytes: state.config.max_payload_bytes as usize,
+    };
+    let events = parse_body(&body, &limits)?;
+
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => Some(k.to_owned()),
+            _ => {
+                return Err(ApiError::bad_field(
+                    "Idempotency-Key",
+                    format!("must be 1..={MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+                ))
+            }
+        },
+    };
+
+    let Some(js) = state.jetstream().filter(|_| state.nats_up()) else {
+        return Err(ApiError::unavailable("NATS is unavailable; retry later"));
+    };
+    let prefix = &state.config.subject_prefix;
+    let publishing = async {
+        let mut acks = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            let subject = shared::subject::subject_for(prefix, event.topic());
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some(k) = &key {
+                headers.insert("Nats-Msg-Id", format!("{k}:{i}").as_str());
+            }
+            acks.push(
+                js.publish_with_headers(subject, headers, event.to_json().into())
+                    .await?,
+            );
+        }
+        try_join_all(acks.into_iter().map(|a| a.into_future()))
+            .await
+            .map_err(async_nats::Error::from)
+    };
+    match tokio::time::timeout(state.config.publish_timeout, publishing).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "publish to JetStream failed");
+            return Err(ApiError::unavailable(format!(
+                "the broker did not accept the events: {e}"
+            )));
+        }
+        Err(_) => {
+            return Err(ApiError::unavailable(format!(
+                "the broker did not acknowledge within {:?}",
+                state.config.publish_timeout
+            )))
+        }
+    }
+    metrics::counter!(names::PUBLISHED).increment(events.len() as u64);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"status": "accepted", "accepted": events.len()})),
+    ))
+}
+
+/// Parses and validates a publish body: 400 when it is not a JSON event, list of events or
+/// `{"events": [...]}`, 422 listing every invalid event.
+fn parse_body(body: &[u8], limits: &Limits) -> Result<Vec<Event>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_field("body", format!("not valid JSON: {e}")))?;
+    let items: Vec<Value> = match value {
+        Value::Array(items) => items,
+        Value::Object(mut obj) if obj.contains_key("events") && !obj.contains_key("topic") => {
+            match obj.remove("events") {
+                Some(Value::Array(items)) => items,
+                _ => return Err(ApiError::bad_field("events", "must be an array of events")),
+            }
+        }
+        obj @ Value::Object(_) => vec![obj],
+        _ => {
+            return Err(ApiError::bad_field(
+                "body",
+                "must be an event object, an array of events, or {\"events\": [...]}",
+            ))
+        }
+    };
+    if items.is_empty() {
+        return Err(ApiError::bad_field("body", "contains no events"));
+    }
+    let mut events = Vec::with_capacity(items.len());
+    let mut details = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        match Event::from_value(item, limits) {
+            Ok(e) => events.push(e),
+            Err(e) => details.push(Detail {
+                index: Some(index),
+                field: e.field.to_owned(),
+                reason: e.reason,
+            }),
+        }
+    }
+    if !details.is_empty() {
+        return Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: format!(
+                "{} of {} events are invalid; none were published",
+                details.len(),
+                items.len()
+            ),
+            details,
+        });
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: &str, ts: &str) -> Value {
+        serde_json::json!({"topic": "a.b", "event_id": id, "timestamp": ts, "source": "s", "payload": {}})
+    }
+
+    #[test]
+    fn three_body_shapes_are_accepted() {
+        let l = Limits::default();
+        let one = ev("1", "2026-01-01T00:00:00Z");
+        let b = serde_json::to_vec(&one).unwrap();
+        assert_eq!(parse_body(&b, &l).unwrap().len(), 1);
+        let b =
+            serde_json::to_vec(&serde_json::json!([one, ev("2", "2026-01-01T00:00:00Z")])).unwrap();
+        assert_eq!(parse_body(&b, &l).unwrap().len(), 2);
+        let b = serde_json::to_vec(&serde_json::json!({"events": [one]})).unwrap();
+        assert_eq!(parse_body(&b, &l).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn invalid_events_are_all_reported_by_index() {
+        let l = Limits::default();
+        let b = serde_json::to_vec(&serde_json::json!([
+            ev("1", "2026-01-01T00:00:00Z"),
+            ev("2", "not a time"),
+            ev("", "2026-01-01T00:00:00Z"),
+        ]))
+        .unwrap();
+        let err = parse_body(&b, &l).unwrap_err();
+        assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let got: Vec<_> = err
+            .details
+            .iter()
+            .map(|d| (d.index, d.field.as_str()))
+            .collect();
+        assert_eq!(got, vec![(Some(1), "timestamp"), (Some(2), "event_id")]);
+    }
+
+    #[test]
+    fn malformed_bodies_are_400() {
+        let l = Limits::default();
+        for body in [&b"{"[..], b"[]", b"42", b"\"x\"", br#"{"events": 3}"#] {
+            let err = parse_body(body, &l).unwrap_err();
+            assert_eq!(
+                err.status,
+                StatusCode::BAD_REQUEST,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}
