@@ -101,6 +101,10 @@ pub struct Config {
     #[arg(long, env = "RETRY_DELAY", default_value = "1s", value_parser = parse_duration)]
     pub retry_delay: Duration,
 
+    /// Longest a batch write may take before it counts as failed (a hung database).
+    #[arg(long, env = "WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// Consecutive failures that open the circuit breaker.
     #[arg(long, env = "CIRCUIT_BREAKER_THRESHOLD", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub circuit_breaker_threshold: u32,

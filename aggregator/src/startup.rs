@@ -7,10 +7,16 @@
 //! acknowledgements are flushed to NATS, and the HTTP server closes.
 
 use crate::config::Config;
+use crate::guard::breaker::CircuitBreaker;
+use crate::guard::replay::Monitor;
+use crate::guard::retry::Backoff;
+use crate::guard::wal::{Recovery, Wal};
+use crate::guard::WriteGuard;
 use crate::intake::{self, Delivery};
 use crate::shutdown::CancellationToken;
 use crate::state::{AppState, SharedState};
 use crate::store::{compact, Store};
+use crate::telemetry::names;
 use crate::worker::{Failpoint, Worker};
 use crate::{api, broker};
 use anyhow::Context;
@@ -30,6 +36,11 @@ pub async fn run(
     prometheus: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Configuration problems that only show when used: fail now, naming the variable.
+    let segment_bytes = (config.wal_max_size / 8).clamp(64 * 1024, 16 * 1024 * 1024);
+    let (wal, recovery) = Wal::open(&config.wal_path, segment_bytes, config.wal_max_size)
+        .with_context(|| format!("WAL_PATH: cannot use {}", config.wal_path.display()))?;
+    report_recovery(&recovery);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("HTTP_ADDR: cannot listen on {}", config.http_addr))?;
@@ -39,7 +50,7 @@ pub async fn run(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let http = tokio::spawn(async move { server.await });
 
-    let result = run_pipeline(&state, &shutdown).await;
+    let result = run_pipeline(&state, &shutdown, wal, recovery).await;
     shutdown.cancel();
     match http.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server error"),
@@ -49,7 +60,12 @@ pub async fn run(
     result
 }
 
-async fn run_pipeline(state: &SharedState, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn run_pipeline(
+    state: &SharedState,
+    shutdown: &CancellationToken,
+    wal: Wal,
+    recovery: Recovery,
+) -> anyhow::Result<()> {
     let cfg = &state.config;
     let Some(store) = retry_until("PostgreSQL", shutdown, || {
         Store::connect(&cfg.database_url, cfg.pool_size())
@@ -59,6 +75,17 @@ async fn run_pipeline(state: &SharedState, shutdown: &CancellationToken) -> anyh
         return Ok(());
     };
     let _ = state.store.set(store.clone());
+    let guard = Arc::new(WriteGuard::new(
+        store.clone(),
+        CircuitBreaker::new(cfg.circuit_breaker_threshold, cfg.circuit_breaker_timeout),
+        Backoff {
+            max_retries: cfg.max_retries,
+            base: cfg.retry_delay,
+        },
+        cfg.write_timeout,
+        wal,
+    ));
+    let _ = state.guard.set(guard.clone());
 
     let client = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
@@ -84,13 +111,31 @@ async fn run_pipeline(state: &SharedState, shutdown: &CancellationToken) -> anyh
     ));
     let failpoint = Arc::new(Failpoint::from_env());
     let offset: u16 = rand::random::<u16>() % COUNTER_SHARDS;
+    let monitor = Monitor {
+        state: state.clone(),
+        guard: guard.clone(),
+        js: Some(js.clone()),
+        shard: ((offset + cfg.workers) % COUNTER_SHARDS) as i16,
+    };
+    // Records damaged on disk before this start are fetched back from the stream and logged
+    // again, so the monitor replays them with the rest.
+    let recovered = monitor.recover_from_stream(&recovery.corrupt).await;
+    if !recovered.is_empty() {
+        let n = recovered.len();
+        guard
+            .with_wal(move |w| w.append(&recovered).map(|_| ()))
+            .await?;
+        tracing::warn!(records = n, "damaged WAL records recovered from JetStream");
+    }
+    monitor.tick().await;
+    let monitor_task = tokio::spawn(monitor.run(shutdown.clone()));
     let workers: Vec<_> = (0..cfg.workers)
         .map(|id| {
             let worker = Worker {
                 id,
                 shard: ((offset + id) % COUNTER_SHARDS) as i16,
                 state: state.clone(),
-                store: store.clone(),
+                guard: guard.clone(),
                 rx: rx.clone(),
                 shutdown: shutdown.clone(),
                 failpoint: failpoint.clone(),
@@ -118,6 +163,7 @@ async fn run_pipeline(state: &SharedState, shutdown: &CancellationToken) -> anyh
         let _ = w.await;
     }
     let _ = compactor.await;
+    let _ = monitor_task.await;
     // Acks are fire-and-forget publishes: make sure they have left before exiting.
     if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
         tracing::warn!(error = %e, "timed out flushing acknowledgements to NATS");
@@ -176,4 +222,26 @@ async fn compact_forever(store: Store, every: Duration, shutdown: CancellationTo
             }
         }
     }
+}
+
+fn report_recovery(r: &Recovery) {
+    if r.truncated_tail_bytes > 0 {
+        metrics::counter!(names::WAL_TRUNCATED_BYTES).increment(r.truncated_tail_bytes);
+        tracing::warn!(
+            bytes = r.truncated_tail_bytes,
+            "WAL: cut off a torn tail (an append interrupted by a crash; never acknowledged)"
+        );
+    }
+    if !r.corrupt.is_empty() {
+        tracing::warn!(
+            records = r.corrupt.len(),
+            "WAL: damaged records found; moved to quarantine.jsonl"
+        );
+    }
+    tracing::info!(
+        segments = r.segments,
+        records = r.records,
+        bytes = r.bytes,
+        "WAL opened"
+    );
 }

@@ -4,6 +4,7 @@
 //! `/ready` answer during start-up); the connections are filled in once they exist.
 
 use crate::config::Config;
+use crate::guard::WriteGuard;
 use crate::store::Store;
 use crate::telemetry::TopicLabels;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -22,6 +23,10 @@ pub struct AppState {
     /// Messages pulled from JetStream and not yet taken by a worker.
     pub buffered: AtomicI64,
     pub topic_labels: TopicLabels,
+    /// The write guard (breaker, WAL), once start-up created it.
+    pub guard: OnceLock<Arc<WriteGuard>>,
+    /// The health monitor's last verdict on the database.
+    pub db_up: AtomicBool,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -31,6 +36,8 @@ impl AppState {
         let topic_labels = TopicLabels::new(config.metrics_max_topics as usize);
         Arc::new(Self {
             topic_labels,
+            guard: OnceLock::new(),
+            db_up: AtomicBool::new(false),
             config,
             started: Instant::now(),
             store: OnceLock::new(),
@@ -39,6 +46,14 @@ impl AppState {
             ready: AtomicBool::new(false),
             buffered: AtomicI64::new(0),
         })
+    }
+
+    /// WAL bytes, WAL records and breaker state, for `/health` and `/stats`.
+    pub fn guard_status(&self) -> (u64, u64, &'static str) {
+        match self.guard.get() {
+            Some(g) => (g.wal_bytes(), g.wal_records(), g.breaker.state().as_str()),
+            None => (0, 0, "CLOSED"),
+        }
     }
 
     pub fn is_ready(&self) -> bool {

@@ -89,6 +89,16 @@ pub mod names {
     pub const WAL_RECORDS: &str = "aggregator_wal_records";
     pub const WAL_BYTES: &str = "aggregator_wal_bytes";
     pub const BREAKER_STATE: &str = "aggregator_circuit_breaker_state";
+    pub const BREAKER_TRANSITIONS: &str = "aggregator_circuit_breaker_transitions_total";
+    pub const WAL_APPENDED: &str = "aggregator_wal_appended_records_total";
+    pub const WAL_REPLAYED: &str = "aggregator_wal_replayed_records_total";
+    pub const WAL_REPLAY_SECONDS: &str = "aggregator_wal_replay_seconds";
+    pub const WAL_TRUNCATED_BYTES: &str = "aggregator_wal_truncated_bytes_total";
+    pub const WAL_CORRUPT: &str = "aggregator_wal_corrupt_records_total";
+    pub const WAL_RECOVERED: &str = "aggregator_wal_recovered_from_stream_total";
+    pub const WAL_UNRECOVERABLE: &str = "aggregator_wal_unrecoverable_records_total";
+    pub const WAL_FULL: &str = "aggregator_wal_full_total";
+    pub const POISON_ISOLATED: &str = "aggregator_poison_messages_total";
     pub const PUBLISHED: &str = "aggregator_http_published_events_total";
 }
 

@@ -6,22 +6,23 @@
 //! decoding and writing happen outside it, so `WORKERS` batches are in the database at once.
 //!
 //! A message that fails to decode or validate becomes a dead letter, recorded in the same
-//! transaction as its batch-mates and terminated (never redelivered). A failed write is
-//! retried with backoff (keeping the messages' ack deadline alive with in-progress acks);
-//! when retries are exhausted the messages are negatively acknowledged so JetStream delivers
-//! them again later. Nothing is acknowledged before it is committed.
+//! transaction as its batch-mates and terminated (never redelivered). The write itself goes
+//! through the [`WriteGuard`]: retries, circuit breaker, WAL. Nothing is acknowledged before
+//! it is durable (committed, or fsynced to the WAL).
 
-use crate::guard::retry::Backoff;
+use crate::guard::{Durable, WriteGuard};
 use crate::intake::Delivery;
 use crate::shutdown::CancellationToken;
 use crate::state::SharedState;
-use crate::store::batch::{self, BatchOutcome, DeadLetter, Record, MAX_DEAD_LETTER_BYTES};
-use crate::store::Store;
+use crate::store::batch::{BatchOutcome, DeadLetter, Record, MAX_DEAD_LETTER_BYTES};
+use crate::telemetry::names;
 use async_nats::jetstream::AckKind;
+use futures::future::BoxFuture;
 use shared::{Event, Limits};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, Mutex};
 
 pub type SharedReceiver = Arc<Mutex<mpsc::Receiver<Delivery>>>;
@@ -60,7 +61,7 @@ pub struct Worker {
     pub id: u16,
     pub shard: i16,
     pub state: SharedState,
-    pub store: Store,
+    pub guard: Arc<WriteGuard>,
     pub rx: SharedReceiver,
     pub shutdown: CancellationToken,
     pub failpoint: Arc<Failpoint>,
@@ -92,69 +93,45 @@ impl Worker {
         };
         // A message delivered twice into one batch is written once (and acked twice).
         batch.sort_unstable_by_key(|d| (d.stream_id, d.seq));
+        let batch: &[Delivery] = batch;
         let (records, dead) = decode(batch, &cfg.subject_prefix, &limits);
 
-        let backoff = Backoff {
-            max_retries: cfg.max_retries,
-            base: cfg.retry_delay,
-        };
-        let mut retry = 0;
-        let outcome = loop {
-            let started = Instant::now();
-            let result = tokio::time::timeout(
-                Duration::from_secs(30),
-                batch::write_batch(self.store.pool(), self.shard, &records, &dead),
-            )
-            .await;
-            let err = match result {
-                Ok(Ok(outcome)) => {
-                    metrics::histogram!(crate::telemetry::names::BATCH_WRITE_SECONDS)
-                        .record(started.elapsed().as_secs_f64());
-                    break Some(outcome);
+        // While the batch waits for the database or the WAL, keep its messages ours.
+        let keepalive = || -> BoxFuture<'_, ()> {
+            Box::pin(async move {
+                for d in batch {
+                    let _ = d.msg.ack_with(AckKind::Progress).await;
                 }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "batch write timed out after 30s".to_owned(),
-            };
-            retry += 1;
-            metrics::counter!(crate::telemetry::names::BATCH_RETRIES).increment(1);
-            let Some(delay) = backoff.delay(retry) else {
-                tracing::error!(worker = self.id, batch_len = batch.len(), error = %err,
-                    "batch write failed after {} retries; returning messages to JetStream", cfg.max_retries);
-                break None;
-            };
-            tracing::warn!(worker = self.id, batch_len = batch.len(), retry, error = %err,
-                delay_ms = delay.as_millis() as u64, "batch write failed; retrying");
-            // Keep the messages ours while we wait: reset their ack deadline.
-            for d in batch.iter() {
-                let _ = d.msg.ack_with(AckKind::Progress).await;
-            }
-            tokio::time::sleep(delay).await;
+            })
         };
-
-        let Some(outcome) = outcome else {
-            for d in batch.iter() {
-                let _ = d.msg.ack_with(AckKind::Nak(Some(cfg.retry_delay))).await;
+        let settled = self
+            .guard
+            .make_durable(self.shard, &records, &dead, &keepalive, &self.shutdown)
+            .await;
+        let Some(settled) = settled else {
+            // Shutting down with nowhere durable to put the batch: JetStream keeps it.
+            for d in batch {
+                let _ = d.msg.ack_with(AckKind::Nak(None)).await;
             }
             return;
         };
-        self.failpoint.after_commit();
-        record_metrics(&self.state, &outcome, batch);
-        let dead_seqs: std::collections::HashSet<(i32, i64)> =
-            dead.iter().map(|d| (d.stream_id, d.seq)).collect();
-        for d in batch.iter() {
-            let kind = if dead_seqs.contains(&(d.stream_id, d.seq)) {
+        if let Durable::Committed(outcome) = &settled.durable {
+            self.failpoint.after_commit();
+            record_outcome_metrics(&self.state, outcome);
+        }
+        record_batch_metrics(batch);
+        let dead: HashSet<(i32, i64)> = settled.dead.into_iter().collect();
+        for d in batch {
+            let kind = if dead.contains(&(d.stream_id, d.seq)) {
                 AckKind::Term
             } else {
                 AckKind::Ack
             };
             if let Err(e) = d.msg.ack_with(kind).await {
-                // The message is committed; if the ack is lost it is redelivered and then
+                // The message is durable; if the ack is lost it is redelivered and then
                 // recognised as already processed.
                 tracing::debug!(error = %e, seq = d.seq, "ack failed");
             }
-        }
-        if self.shutdown.is_cancelled() {
-            tracing::debug!(worker = self.id, "batch committed during shutdown");
         }
     }
 }
@@ -223,9 +200,8 @@ fn decode(batch: &[Delivery], prefix: &str, limits: &Limits) -> (Vec<Record>, Ve
     (records, dead)
 }
 
-fn record_metrics(state: &SharedState, o: &BatchOutcome, batch: &[Delivery]) {
-    use crate::telemetry::names;
-    metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
+/// Counters of a committed batch (or replayed WAL chunk), per topic.
+pub fn record_outcome_metrics(state: &SharedState, o: &BatchOutcome) {
     for t in &o.topics {
         let label = state.topic_labels.label(&t.topic);
         metrics::counter!(names::RECEIVED, "topic" => label.clone()).increment(t.received as u64);
@@ -235,6 +211,11 @@ fn record_metrics(state: &SharedState, o: &BatchOutcome, batch: &[Delivery]) {
     }
     metrics::counter!(names::DEAD_LETTERS).increment(o.dead_lettered as u64);
     metrics::counter!(names::REDELIVERED_SKIPPED).increment(o.already_processed as u64);
+}
+
+/// Batch size and publish-to-durable lag of each message.
+fn record_batch_metrics(batch: &[Delivery]) {
+    metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

@@ -33,16 +33,17 @@ pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Healt
         None => false,
     };
     let nats_up = state.nats_up();
+    let (wal_size_bytes, wal_record_count, circuit_breaker) = state.guard_status();
     let healthy = db_up && nats_up;
     let body = Health {
         status: if healthy { "healthy" } else { "degraded" },
         timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         database_status: up_down(db_up),
         nats_status: up_down(nats_up),
-        wal_size_bytes: 0,
-        wal_record_count: 0,
+        wal_size_bytes,
+        wal_record_count,
         buffer_size: state.buffer_size(),
-        circuit_breaker: "CLOSED",
+        circuit_breaker,
     };
     let code = if healthy {
         StatusCode::OK

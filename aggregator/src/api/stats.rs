@@ -41,7 +41,8 @@ pub async fn get_stats(State(state): State<SharedState>) -> Result<Json<Stats>, 
     } else {
         0.0
     };
-    let healthy = pending.is_some() && state.is_ready();
+    let (_, wal_record_count, circuit_breaker) = state.guard_status();
+    let healthy = pending.is_some() && state.is_ready() && circuit_breaker == "CLOSED";
     Ok(Json(Stats {
         received: totals.received,
         unique_processed: totals.unique_processed,
@@ -52,8 +53,8 @@ pub async fn get_stats(State(state): State<SharedState>) -> Result<Json<Stats>, 
         uptime_seconds: state.started.elapsed().as_secs(),
         consumer_pending: pending.unwrap_or(0),
         buffer_size: state.buffer_size(),
-        wal_record_count: 0,
-        circuit_breaker: "CLOSED",
+        wal_record_count,
+        circuit_breaker,
         status: if healthy { "healthy" } else { "degraded" },
     }))
 }

@@ -113,3 +113,31 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Resul
     }
     Ok(())
 }
+
+/// Whether a failed write may succeed if retried unchanged (the database or the connection
+/// is the problem), as opposed to a problem with the data itself (which retrying cannot fix:
+/// the batch is split to isolate the offending message instead).
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let class = code.as_deref().map(|c| &c[..c.len().min(2)]);
+            // 08 connection, 40 serialization/deadlock, 53 resources, 55 lock not available,
+            // 57 operator intervention (shutdown, cancel, timeout), 58 system error, XX internal.
+            matches!(
+                class,
+                Some("08" | "40" | "53" | "55" | "57" | "58" | "XX") | None
+            )
+        }
+        sqlx::Error::Decode(_)
+        | sqlx::Error::Encode(_)
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::RowNotFound
+        | sqlx::Error::InvalidArgument(_) => false,
+        // Io, Tls, Protocol, PoolTimedOut, PoolClosed, WorkerCrashed, Configuration, ...
+        _ => true,
+    }
+}
