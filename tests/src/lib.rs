@@ -30,5 +30,5 @@ pub use binaries::{aggregator_bin, publisher_bin, workspace_root};
 pub use env::{TestEnv, AGGREGATOR_DB};
 pub use nats::Nats;
 pub use postgres::Postgres;
-pub use publish::{event_json, publish_raw, run_publisher};
+pub use publish::{event_json, publish_raw, run_publisher, run_publisher_at};
 pub use util::{eventually, file_tail, free_port, TempDir};

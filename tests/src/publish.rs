@@ -15,10 +15,15 @@ const PUBLISHER_TIMEOUT: Duration = Duration::from_secs(600);
 /// successfully (panics with its stderr otherwise) and returns the JSON summary it
 /// prints on stdout.
 pub async fn run_publisher(env: &TestEnv, args: &[&str]) -> Value {
+    run_publisher_at(&env.nats.url(), args).await
+}
+
+/// [`run_publisher`] against a NATS URL, for tasks that do not hold the [`TestEnv`].
+pub async fn run_publisher_at(nats_url: &str, args: &[&str]) -> Value {
     let bin = publisher_bin().await;
     let mut cmd = tokio::process::Command::new(&bin);
     cmd.arg("--nats-url")
-        .arg(env.nats.url())
+        .arg(nats_url)
         .arg("--summary")
         .arg("json")
         .args(args)

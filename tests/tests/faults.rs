@@ -1,0 +1,343 @@
+//! Fault tolerance: Postgres killed, stopped and hung for real, the aggregator SIGKILLed with
+//! records in its WAL, a damaged WAL, and a WAL too small for the outage. Every scenario ends
+//! with exact counts and rows, the breaker CLOSED and the WAL empty.
+
+use integration_tests::{eventually, run_publisher, Aggregator, TestEnv};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Fast fault-tolerance settings so outages play out in seconds.
+const FAST: &[(&str, &str)] = &[
+    ("RETRY_DELAY", "100ms"),
+    ("MAX_RETRIES", "3"),
+    ("CIRCUIT_BREAKER_THRESHOLD", "3"),
+    ("CIRCUIT_BREAKER_TIMEOUT", "2s"),
+    ("HEALTH_CHECK_INTERVAL", "300ms"),
+    ("WRITE_TIMEOUT", "2s"),
+];
+
+fn int(v: &Value, field: &str) -> i64 {
+    v[field]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{field} missing in {v}"))
+}
+
+fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut v = FAST.to_vec();
+    v.extend_from_slice(extra);
+    v
+}
+
+/// Sum over label sets of a metric in Prometheus text.
+async fn metric(agg: &Aggregator, name: &str) -> f64 {
+    let text = agg
+        .http()
+        .get(format!("{}/metrics", agg.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            (series.split('{').next()? == name).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// `(wal_record_count, circuit_breaker, status code)` from /health.
+async fn guard_state(agg: &Aggregator) -> (i64, String, u16) {
+    let (code, h) = agg.health().await;
+    (
+        h["wal_record_count"].as_i64().unwrap_or(-1),
+        h["circuit_breaker"].as_str().unwrap_or("?").to_owned(),
+        code,
+    )
+}
+
+/// Waits for every event to be counted, the WAL to drain and the breaker to close, then
+/// checks the exact figures against the database.
+async fn assert_settled(env: &TestEnv, agg: &mut Aggregator, received: i64, unique: i64) {
+    agg.wait_until_received(received).await;
+    eventually(
+        "WAL empty, breaker CLOSED, healthy",
+        Duration::from_secs(90),
+        || async { guard_state(agg).await == (0, "CLOSED".to_owned(), 200) },
+    )
+    .await;
+    let stats = agg.stats().await;
+    assert_eq!(int(&stats, "received"), received, "{stats}");
+    assert_eq!(int(&stats, "unique_processed"), unique, "{stats}");
+    assert_eq!(
+        int(&stats, "duplicate_dropped"),
+        received - unique,
+        "{stats}"
+    );
+    assert_eq!(int(&stats, "wal_record_count"), 0);
+    assert_eq!(stats["circuit_breaker"], "CLOSED");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&env.db().await)
+        .await
+        .unwrap();
+    assert_eq!(rows, unique);
+}
+
+/// Publishes in the background at a steady rate; returns the publisher's summary.
+fn publish_in_background(
+    env: &TestEnv,
+    count: u32,
+    rate: u32,
+    seed: u32,
+) -> tokio::task::JoinHandle<Value> {
+    let args: Vec<String> = vec![
+        "--count".into(),
+        count.to_string(),
+        "--duplicate-rate".into(),
+        "0.3".into(),
+        "--rate".into(),
+        rate.to_string(),
+        "--seed".into(),
+        seed.to_string(),
+    ];
+    // run_publisher only needs the NATS URL from the env; give the task its own copy.
+    let nats_url = env.nats_url();
+    tokio::spawn(async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        integration_tests::publish::run_publisher_at(&nats_url, &refs).await
+    })
+}
+
+async fn wait_received_at_least(agg: &Aggregator, n: i64) {
+    eventually(
+        &format!("received >= {n}"),
+        Duration::from_secs(60),
+        || async {
+            matches!(agg.get("/stats").await, (200, s) if s["received"].as_i64().unwrap_or(0) >= n)
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_killed_for_ten_seconds_under_load_loses_nothing() {
+    let mut env = TestEnv::start().await;
+    let mut agg = Aggregator::spawn(&env, &with(&[])).await;
+    let publisher = publish_in_background(&env, 20_000, 1_000, 21);
+    wait_received_at_least(&agg, 2_000).await;
+
+    env.pg.kill();
+    eventually(
+        "WAL in use during the outage",
+        Duration::from_secs(30),
+        || async { guard_state(&agg).await.0 > 0 },
+    )
+    .await;
+    let (code, health) = agg.health().await;
+    assert_eq!(code, 503, "{health}");
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["database_status"], "down");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    env.pg.start().await;
+
+    let summary = publisher.await.unwrap();
+    assert_eq!(int(&summary, "published"), 20_000);
+    assert_eq!(int(&summary, "unique"), 14_000);
+    assert_settled(&env, &mut agg, 20_000, 14_000).await;
+    assert!(metric(&agg, "aggregator_wal_appended_records_total").await > 0.0);
+    assert_eq!(
+        metric(&agg, "aggregator_wal_appended_records_total").await,
+        metric(&agg, "aggregator_wal_replayed_records_total").await,
+        "everything logged was replayed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_longer_than_the_breaker_timeout_loses_nothing() {
+    let mut env = TestEnv::start().await;
+    let mut agg = Aggregator::spawn(&env, &with(&[])).await;
+    let publisher = publish_in_background(&env, 10_000, 1_000, 22);
+    wait_received_at_least(&agg, 1_000).await;
+
+    env.pg.stop();
+    eventually("breaker OPEN", Duration::from_secs(30), || async {
+        guard_state(&agg).await.1 == "OPEN"
+    })
+    .await;
+    // Longer than CIRCUIT_BREAKER_TIMEOUT: the half-open probe fails and the breaker reopens.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (wal_records, breaker, code) = guard_state(&agg).await;
+    assert!(wal_records > 0);
+    assert_ne!(breaker, "CLOSED");
+    assert_eq!(code, 503);
+    assert!(metric(&agg, "aggregator_circuit_breaker_transitions_total").await >= 3.0);
+    env.pg.start().await;
+
+    let summary = publisher.await.unwrap();
+    assert_eq!(int(&summary, "published"), 10_000);
+    assert_settled(&env, &mut agg, 10_000, 7_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_postgres_connections_lose_nothing() {
+    let mut env = TestEnv::start().await;
+    let mut agg = Aggregator::spawn(&env, &with(&[])).await;
+    let publisher = publish_in_background(&env, 10_000, 1_000, 23);
+    wait_received_at_least(&agg, 1_000).await;
+
+    // Connections hang instead of being refused.
+    env.pg.pause();
+    eventually(
+        "WAL in use while Postgres hangs",
+        Duration::from_secs(60),
+        || async { guard_state(&agg).await.0 > 0 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    env.pg.resume();
+
+    let summary = publisher.await.unwrap();
+    assert_eq!(int(&summary, "published"), 10_000);
+    assert_settled(&env, &mut agg, 10_000, 7_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregator_killed_while_the_wal_holds_records_replays_after_restart() {
+    let mut env = TestEnv::start().await;
+    let mut agg = Aggregator::spawn(&env, &with(&[])).await;
+    env.pg.stop();
+    let summary = run_publisher(
+        &env,
+        &["--count", "3000", "--duplicate-rate", "0.3", "--seed", "24"],
+    )
+    .await;
+    assert_eq!(int(&summary, "published"), 3000);
+    eventually("all 3000 in the WAL", Duration::from_secs(60), || async {
+        guard_state(&agg).await.0 == 3000
+    })
+    .await;
+    // Every message is acknowledged (it is durable in the WAL): the stream has nothing
+    // pending for the consumer.
+    let js = env.jetstream().await;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream("aggregator", "EVENTS")
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+
+    agg.kill();
+    env.pg.start().await;
+    agg.restart().await;
+    assert_settled(&env, &mut agg, 3000, 2100).await;
+    assert_eq!(
+        metric(&agg, "aggregator_wal_replayed_records_total").await,
+        3000.0
+    );
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            name.starts_with("wal-") && name.ends_with(".jsonl")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_tail_and_flipped_byte_in_the_wal_lose_nothing() {
+    let mut env = TestEnv::start().await;
+    let mut agg = Aggregator::spawn(&env, &with(&[])).await;
+    env.pg.stop();
+    run_publisher(
+        &env,
+        &["--count", "2000", "--duplicate-rate", "0.3", "--seed", "25"],
+    )
+    .await;
+    eventually("all 2000 in the WAL", Duration::from_secs(60), || async {
+        guard_state(&agg).await.0 == 2000
+    })
+    .await;
+    agg.kill();
+
+    let segs = segments(agg.wal_path());
+    assert!(!segs.is_empty());
+    // A flipped byte inside one record's body, in the middle of the first segment.
+    let first = &segs[0];
+    let text = std::fs::read_to_string(first).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 20, "expected a populated segment");
+    let target = lines.len() / 2;
+    let damaged = lines[target].replacen("\"source\":\"SAT-", "\"source\":\"SAX-", 1);
+    assert_ne!(damaged, lines[target]);
+    let mut out = String::new();
+    for (i, l) in lines.iter().enumerate() {
+        out.push_str(if i == target { &damaged } else { l });
+        out.push('\n');
+    }
+    std::fs::write(first, out).unwrap();
+    // A torn tail: an append interrupted half-way (never acknowledged).
+    let last = segs.last().unwrap();
+    let mut bytes = std::fs::read(last).unwrap();
+    bytes.extend_from_slice(br#"{"crc":"00000000","sid":1,"seq":999999,"hcrc":"0000"#);
+    std::fs::write(last, bytes).unwrap();
+
+    env.pg.start().await;
+    agg.restart().await;
+    assert_settled(&env, &mut agg, 2000, 1400).await;
+    assert_eq!(
+        metric(&agg, "aggregator_wal_recovered_from_stream_total").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&agg, "aggregator_wal_unrecoverable_records_total").await,
+        0.0
+    );
+    assert!(metric(&agg, "aggregator_wal_truncated_bytes_total").await > 0.0);
+    // The damaged line is kept for inspection.
+    let quarantine = std::fs::read_to_string(agg.wal_path().join("quarantine.jsonl")).unwrap();
+    assert!(quarantine.contains("SAX-"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_wal_applies_backpressure_instead_of_dropping() {
+    let mut env = TestEnv::start().await;
+    // Room for a few dozen records only.
+    let mut agg = Aggregator::spawn(&env, &with(&[("WAL_MAX_SIZE", "30000")])).await;
+    env.pg.stop();
+    let summary = run_publisher(
+        &env,
+        &["--count", "3000", "--duplicate-rate", "0.3", "--seed", "26"],
+    )
+    .await;
+    assert_eq!(int(&summary, "published"), 3000);
+    eventually("WAL full", Duration::from_secs(60), || async {
+        metric(&agg, "aggregator_wal_full_total").await > 0.0
+    })
+    .await;
+    // The aggregator stopped acknowledging: JetStream still holds most of the messages.
+    let (wal_records, _, _) = guard_state(&agg).await;
+    assert!(wal_records < 3000, "{wal_records}");
+    let js = env.jetstream().await;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream("aggregator", "EVENTS")
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(
+        info.num_pending + info.num_ack_pending as u64 + wal_records as u64,
+        3000,
+        "every message is either in the WAL or still held by JetStream: {info:?}"
+    );
+
+    env.pg.start().await;
+    assert_settled(&env, &mut agg, 3000, 2100).await;
+}
