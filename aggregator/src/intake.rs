@@ -79,7 +79,10 @@ pub async fn run(
         tracing::info!(stream_id, stream = %sub.stream_name, "pulling messages");
         loop {
             let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    release_prefetched(&mut messages).await;
+                    return;
+                }
                 next = messages.next() => next,
             };
             match next {
@@ -94,20 +97,26 @@ pub async fn run(
                             continue;
                         }
                     };
+                    // Wait for room in the buffer first, so that on shutdown the message is
+                    // still in hand and can be returned.
+                    let permit = tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            let _ = msg.ack_with(async_nats::jetstream::AckKind::Nak(None)).await;
+                            release_prefetched(&mut messages).await;
+                            return;
+                        }
+                        permit = tx.reserve() => match permit {
+                            Ok(p) => p,
+                            Err(_) => return,
+                        },
+                    };
                     state.buffered.fetch_add(1, Ordering::Relaxed);
-                    let delivery = Delivery {
+                    permit.send(Delivery {
                         msg,
                         stream_id,
                         seq,
                         published_unix,
-                    };
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {
-                            state.buffered.fetch_sub(1, Ordering::Relaxed);
-                            return;
-                        }
-                        sent = tx.send(delivery) => if sent.is_err() { return },
-                    }
+                    });
                 }
                 Some(Err(e)) => {
                     let fatal = matches!(
@@ -123,6 +132,28 @@ pub async fn run(
             }
         }
         pause(&shutdown, Duration::from_millis(200)).await;
+    }
+}
+
+/// On shutdown, messages already pulled into the client's prefetch are handed back at once
+/// (negative ack) instead of waiting out ACK_WAIT, so another replica or the next start gets
+/// them without delay.
+async fn release_prefetched(messages: &mut async_nats::jetstream::consumer::pull::Stream) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut released = 0u64;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(
+        deadline.min(tokio::time::Instant::now() + Duration::from_millis(200)),
+        messages.next(),
+    )
+    .await
+    {
+        let _ = msg
+            .ack_with(async_nats::jetstream::AckKind::Nak(None))
+            .await;
+        released += 1;
+    }
+    if released > 0 {
+        tracing::info!(released, "returned prefetched messages to JetStream");
     }
 }
 

@@ -22,30 +22,7 @@ const RECEIVED_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Configuration variables of the aggregator (DESIGN.md) that are removed from the
 /// inherited environment, so a developer's shell cannot change what a test runs.
-const CONFIG_VARS: &[&str] = &[
-    "NATS_URL",
-    "DATABASE_URL",
-    "HTTP_ADDR",
-    "STREAM_NAME",
-    "SUBJECT_PREFIX",
-    "CONSUMER_NAME",
-    "STREAM_REPLICAS",
-    "WORKERS",
-    "BATCH_SIZE",
-    "BATCH_TIMEOUT",
-    "MAX_BUFFER_SIZE",
-    "WAL_PATH",
-    "WAL_MAX_SIZE",
-    "MAX_RETRIES",
-    "RETRY_DELAY",
-    "CIRCUIT_BREAKER_THRESHOLD",
-    "CIRCUIT_BREAKER_TIMEOUT",
-    "HEALTH_CHECK_INTERVAL",
-    "REPLAY_BATCH",
-    "API_TOKEN",
-    "MAX_PAYLOAD_BYTES",
-    "RUST_LOG",
-];
+const KEPT_VARS: &[&str] = &["PATH", "HOME", "LANG", "TMPDIR", "RUST_BACKTRACE"];
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -147,8 +124,13 @@ impl Aggregator {
     fn start_process(&mut self) {
         let (out, err) = log_stdio(&self.log_path);
         let mut cmd = Command::new(&self.bin);
-        for var in CONFIG_VARS {
-            cmd.env_remove(var);
+        // Hermetic: nothing from the developer's shell (any config variable, RUST_LOG, ...)
+        // leaks into the aggregator; only PATH-like basics are kept.
+        cmd.env_clear();
+        for var in KEPT_VARS {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
         }
         cmd.envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())

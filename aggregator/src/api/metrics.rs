@@ -11,6 +11,14 @@ use axum::response::{IntoResponse, Response};
 
 pub async fn render(State(state): State<SharedState>) -> Response {
     metrics::gauge!(names::BUFFER_SIZE).set(state.buffer_size() as f64);
+    let (wal_bytes, wal_records, _) = state.guard_status();
+    metrics::gauge!(names::WAL_BYTES).set(wal_bytes as f64);
+    metrics::gauge!(names::WAL_RECORDS).set(wal_records as f64);
+    let breaker = state
+        .guard
+        .get()
+        .map_or(crate::guard::breaker::State::Closed, |g| g.breaker.state());
+    metrics::gauge!(names::BREAKER_STATE).set(breaker.gauge());
     if let Some(js) = state.jetstream().filter(|_| state.nats_up()) {
         if let Some(pending) = broker::consumer_pending(&js, &state.config).await {
             metrics::gauge!(names::CONSUMER_PENDING).set(pending as f64);

@@ -49,11 +49,11 @@
 //!   bytes were never fsynced, so their messages were never acknowledged; they are copied to
 //!   the quarantine and cut off with `set_len` + fsync.
 //! * A damaged line followed by valid ones (bad JSON, a checksum mismatch, or a record that no
-//!   longer decodes) does not stop the
-//!   scan. It is reported in [`Recovery::corrupt`] (with `sid`/`seq` when `hcrc` verifies),
-//!   copied to the quarantine, and the segment is rewritten without it (temp file, fsync,
-//!   rename, fsync of the directory), so it is reported once. If the damage merged two lines
-//!   (a flipped newline), each complete entry on the line is still kept.
+//!   longer decodes) does not stop the scan. It is reported in [`Recovery::corrupt`] (with
+//!   `sid`/`seq` when `hcrc` verifies, so the message can be fetched again), copied to the
+//!   quarantine, and the segment is rewritten without it (temp file, fsync, rename, fsync of
+//!   the directory), so it is reported once. If the damage merged two lines (a flipped
+//!   newline), each complete entry on the line is still kept.
 //! * Appends after `open` go to a new segment, never after a repaired tail of an old one.
 //!
 //! A crash between the quarantine write and the segment repair only means the damaged line is
