@@ -59,6 +59,8 @@ CREATE TABLE dead_letters (
     raw_size    integer NOT NULL,
     reason      text    NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
+    -- Set by `aggregator redrive` once the message has been published again.
+    redriven_at timestamptz,
     CONSTRAINT dead_letters_stream_seq_key UNIQUE (stream_id, stream_seq)
 );
 

@@ -32,6 +32,15 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Publish dead letters again (after a fix) so they go through the normal path.
+    Redrive {
+        /// Only these dead-letter ids (default: every one not redriven yet).
+        #[arg(long = "id")]
+        ids: Vec<i64>,
+        /// List what would be redriven without publishing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// The service's settings.
@@ -140,6 +149,19 @@ pub struct Config {
     /// Distinct topic label values on metrics; further topics are counted as "other".
     #[arg(long, env = "METRICS_MAX_TOPICS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub metrics_max_topics: u32,
+
+    /// Deliveries after which a message that still was not stored is written alone; after
+    /// twice as many it is dead-lettered (a message that crashes the process cannot loop).
+    #[arg(long, env = "MAX_DELIVER", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=1000))]
+    pub max_deliver: i64,
+
+    /// Longest time any HTTP request may take (then 408).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// POST /publish requests handled at once; more get 503 + Retry-After.
+    #[arg(long, env = "MAX_CONCURRENT_PUBLISH", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrent_publish: u32,
 
     /// Bearer token required by write endpoints when set.
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]

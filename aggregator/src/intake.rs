@@ -23,6 +23,8 @@ pub struct Delivery {
     pub seq: i64,
     /// When JetStream stored the message (Unix seconds), for the end-to-end lag metric.
     pub published_unix: f64,
+    /// How many times JetStream has delivered this message (1 the first time).
+    pub delivered: i64,
 }
 
 /// Runs until `shutdown` is cancelled, then drops the sender so the workers drain and stop.
@@ -87,10 +89,11 @@ pub async fn run(
             };
             match next {
                 Some(Ok(msg)) => {
-                    let (seq, published_unix) = match msg.info() {
+                    let (seq, published_unix, delivered) = match msg.info() {
                         Ok(info) => (
                             info.stream_sequence as i64,
                             info.published.unix_timestamp_nanos() as f64 / 1e9,
+                            info.delivered,
                         ),
                         Err(e) => {
                             tracing::warn!(error = %e, subject = %msg.subject, "message without JetStream metadata; ignoring");
@@ -116,6 +119,7 @@ pub async fn run(
                         stream_id,
                         seq,
                         published_unix,
+                        delivered,
                     });
                 }
                 Some(Err(e)) => {

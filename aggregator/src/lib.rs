@@ -10,6 +10,7 @@ pub mod broker;
 pub mod config;
 pub mod guard;
 pub mod intake;
+pub mod redrive;
 pub mod shutdown;
 pub mod startup;
 pub mod state;

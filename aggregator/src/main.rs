@@ -26,6 +26,9 @@ fn main() -> ExitCode {
                 tracing::info!("migrations applied");
                 Ok(())
             }
+            Command::Redrive { ids, dry_run } => {
+                aggregator::redrive::run(&cli.config, &ids, dry_run).await
+            }
             Command::Serve => {
                 let prometheus = telemetry::init_metrics()?;
                 let token = shutdown::CancellationToken::new();

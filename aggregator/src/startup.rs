@@ -77,6 +77,7 @@ async fn run_pipeline(
     let _ = state.store.set(store.clone());
     let guard = Arc::new(WriteGuard::new(
         store.clone(),
+        cfg.subject_prefix.clone(),
         CircuitBreaker::new(cfg.circuit_breaker_threshold, cfg.circuit_breaker_timeout),
         Backoff {
             max_retries: cfg.max_retries,

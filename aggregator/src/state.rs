@@ -27,6 +27,8 @@ pub struct AppState {
     pub guard: OnceLock<Arc<WriteGuard>>,
     /// The health monitor's last verdict on the database.
     pub db_up: AtomicBool,
+    /// Admission control for `POST /publish` (`MAX_CONCURRENT_PUBLISH`).
+    pub publish_slots: tokio::sync::Semaphore,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -38,6 +40,7 @@ impl AppState {
             topic_labels,
             guard: OnceLock::new(),
             db_up: AtomicBool::new(false),
+            publish_slots: tokio::sync::Semaphore::new(config.max_concurrent_publish as usize),
             config,
             started: Instant::now(),
             store: OnceLock::new(),

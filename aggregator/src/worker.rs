@@ -27,23 +27,36 @@ use tokio::sync::{mpsc, Mutex};
 
 pub type SharedReceiver = Arc<Mutex<mpsc::Receiver<Delivery>>>;
 
-/// A test-only fault injector: `AGGREGATOR_FAILPOINT=abort-after-commit:N` aborts the process
-/// right after the N-th batch commit, before its messages are acknowledged. It exists so tests
-/// can prove that a crash between commit and ack never double-counts.
+/// Test-only fault injection through `AGGREGATOR_FAILPOINT`:
+/// * `abort-after-commit:N` aborts the process right after the N-th batch commit, before its
+///   messages are acknowledged (a crash between commit and ack must never double-count);
+/// * `abort-on-event:ID` aborts whenever an event with that id is about to be written (a
+///   poison message that crashes the process must not loop forever).
 #[derive(Debug, Default)]
 pub struct Failpoint {
     abort_after_commit: Option<u64>,
+    abort_on_event: Option<String>,
     commits: AtomicU64,
 }
 
 impl Failpoint {
     pub fn from_env() -> Self {
-        let abort_after_commit = std::env::var("AGGREGATOR_FAILPOINT")
-            .ok()
-            .and_then(|v| v.strip_prefix("abort-after-commit:")?.parse().ok());
+        let spec = std::env::var("AGGREGATOR_FAILPOINT").unwrap_or_default();
         Self {
-            abort_after_commit,
+            abort_after_commit: spec
+                .strip_prefix("abort-after-commit:")
+                .and_then(|n| n.parse().ok()),
+            abort_on_event: spec.strip_prefix("abort-on-event:").map(str::to_owned),
             commits: AtomicU64::new(0),
+        }
+    }
+
+    fn before_write(&self, records: &[Record]) {
+        if let Some(id) = &self.abort_on_event {
+            if records.iter().any(|r| r.event.event_id() == id) {
+                tracing::error!("failpoint abort-on-event:{id} reached; aborting");
+                std::process::abort();
+            }
         }
     }
 
@@ -86,20 +99,44 @@ impl Worker {
         }
     }
 
+    /// Writes a batch. Messages JetStream has delivered more than `MAX_DELIVER` times without
+    /// them being stored (say, because processing them crashed the process) are suspects:
+    /// each is written alone after its batch-mates, so it cannot take them down with it. Past
+    /// twice `MAX_DELIVER` a message is dead-lettered without being processed again.
     async fn process(&self, batch: &mut [Delivery]) {
+        // A message delivered twice into one batch is written once (and acked twice).
+        batch.sort_unstable_by_key(|d| (d.stream_id, d.seq));
+        let max = self.state.config.max_deliver;
+        let (suspects, normal): (Vec<&Delivery>, Vec<&Delivery>) = batch
+            .iter()
+            .partition(|d| d.delivered > max && d.delivered <= 2 * max);
+        self.settle(&normal).await;
+        for suspect in suspects {
+            tracing::warn!(
+                stream_seq = suspect.seq,
+                delivered = suspect.delivered,
+                "message redelivered many times; writing it alone"
+            );
+            self.settle(&[suspect]).await;
+        }
+    }
+
+    /// Decodes, makes durable, then acknowledges a group of messages.
+    async fn settle(&self, group: &[&Delivery]) {
+        if group.is_empty() {
+            return;
+        }
         let cfg = &self.state.config;
         let limits = Limits {
             max_payload_bytes: cfg.max_payload_bytes as usize,
         };
-        // A message delivered twice into one batch is written once (and acked twice).
-        batch.sort_unstable_by_key(|d| (d.stream_id, d.seq));
-        let batch: &[Delivery] = batch;
-        let (records, dead) = decode(batch, &cfg.subject_prefix, &limits);
+        let (records, dead) = decode(group, &cfg.subject_prefix, &limits, cfg.max_deliver);
+        self.failpoint.before_write(&records);
 
-        // While the batch waits for the database or the WAL, keep its messages ours.
+        // While the group waits for the database or the WAL, keep its messages ours.
         let keepalive = || -> BoxFuture<'_, ()> {
             Box::pin(async move {
-                for d in batch {
+                for d in group {
                     let _ = d.msg.ack_with(AckKind::Progress).await;
                 }
             })
@@ -110,7 +147,7 @@ impl Worker {
             .await;
         let Some(settled) = settled else {
             // Shutting down with nowhere durable to put the batch: JetStream keeps it.
-            for d in batch {
+            for d in group {
                 let _ = d.msg.ack_with(AckKind::Nak(None)).await;
             }
             return;
@@ -119,9 +156,9 @@ impl Worker {
             self.failpoint.after_commit();
             record_outcome_metrics(&self.state, outcome);
         }
-        record_batch_metrics(batch);
+        record_batch_metrics(group);
         let dead: HashSet<(i32, i64)> = settled.dead.into_iter().collect();
-        for d in batch {
+        for d in group {
             let kind = if dead.contains(&(d.stream_id, d.seq)) {
                 AckKind::Term
             } else {
@@ -158,8 +195,13 @@ async fn collect(
     batch.len()
 }
 
-/// Splits a batch (sorted by stream position) into records to store and dead letters.
-fn decode(batch: &[Delivery], prefix: &str, limits: &Limits) -> (Vec<Record>, Vec<DeadLetter>) {
+/// Splits a group (sorted by stream position) into records to store and dead letters.
+fn decode(
+    batch: &[&Delivery],
+    prefix: &str,
+    limits: &Limits,
+    max_deliver: i64,
+) -> (Vec<Record>, Vec<DeadLetter>) {
     let mut records = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
     let mut last = None;
@@ -170,7 +212,15 @@ fn decode(batch: &[Delivery], prefix: &str, limits: &Limits) -> (Vec<Record>, Ve
         last = Some((d.stream_id, d.seq));
         let payload = &d.msg.payload;
         let subject_topic = shared::subject::topic_of(prefix, d.msg.subject.as_str());
-        let reason = match Event::from_json(payload, limits) {
+        let decoded = if d.delivered > 2 * max_deliver {
+            Err(format!(
+                "delivered {} times without being stored (MAX_DELIVER={max_deliver})",
+                d.delivered
+            ))
+        } else {
+            Event::from_json(payload, limits).map_err(|e| e.to_string())
+        };
+        let reason = match decoded {
             Ok(event) if Some(event.topic()) == subject_topic => {
                 records.push(Record {
                     stream_id: d.stream_id,
@@ -184,7 +234,7 @@ fn decode(batch: &[Delivery], prefix: &str, limits: &Limits) -> (Vec<Record>, Ve
                 event.topic(),
                 d.msg.subject.as_str()
             ),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
         tracing::warn!(stream_seq = d.seq, subject = %d.msg.subject, %reason, "dead-lettering invalid message");
         let keep = payload.len().min(MAX_DEAD_LETTER_BYTES);
@@ -214,7 +264,7 @@ pub fn record_outcome_metrics(state: &SharedState, o: &BatchOutcome) {
 }
 
 /// Batch size and publish-to-durable lag of each message.
-fn record_batch_metrics(batch: &[Delivery]) {
+fn record_batch_metrics(batch: &[&Delivery]) {
     metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

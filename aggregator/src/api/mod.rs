@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /publish` | [`publish`] (bearer token when `API_TOKEN` is set: [`auth`]) |
 //! | `GET /events` | [`events`] |
+//! | `GET /dead-letters` | [`dead_letters`] (bearer token when `API_TOKEN` is set) |
 //! | `GET /stats` | [`stats`] |
 //! | `GET /health`, `GET /live`, `GET /ready` | [`health`] |
 //! | `GET /metrics` | [`metrics`] |
@@ -12,6 +13,7 @@
 //! span with method, path, status and latency.
 
 pub mod auth;
+pub mod dead_letters;
 pub mod events;
 pub mod health;
 pub mod metrics;
@@ -35,6 +37,11 @@ pub fn router(state: SharedState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
+            publish::admit,
+        ))
+        .route("/dead-letters", get(dead_letters::list))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
             auth::require_token,
         ));
     Router::new()
@@ -46,6 +53,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/ready", get(health::ready))
         .route("/metrics", get(metrics::render))
         .fallback(not_found)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.config.request_timeout,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {

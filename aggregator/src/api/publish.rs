@@ -28,6 +28,22 @@ use std::future::IntoFuture;
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 
+/// Middleware in front of [`publish`], before the body is read: at most
+/// `MAX_CONCURRENT_PUBLISH` requests at once, the rest get 503 + Retry-After. Shedding load
+/// rather than queueing keeps memory bounded under a flood (each body may be 10 MiB).
+pub async fn admit(
+    State(state): State<SharedState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    let Ok(_slot) = state.publish_slots.try_acquire() else {
+        return Err(ApiError::unavailable(
+            "too many publish requests in progress (MAX_CONCURRENT_PUBLISH); retry later",
+        ));
+    };
+    Ok(next.run(request).await)
+}
+
 pub async fn publish(
     State(state): State<SharedState>,
     headers: HeaderMap,

@@ -51,6 +51,7 @@ pub struct Settled {
 
 pub struct WriteGuard {
     store: Store,
+    subject_prefix: String,
     pub breaker: CircuitBreaker,
     backoff: Backoff,
     write_timeout: Duration,
@@ -66,6 +67,7 @@ pub struct WriteFailed(pub String);
 impl WriteGuard {
     pub fn new(
         store: Store,
+        subject_prefix: String,
         breaker: CircuitBreaker,
         backoff: Backoff,
         write_timeout: Duration,
@@ -73,6 +75,7 @@ impl WriteGuard {
     ) -> Self {
         let guard = Self {
             store,
+            subject_prefix,
             breaker,
             backoff,
             write_timeout,
@@ -216,7 +219,13 @@ impl WriteGuard {
     ) -> Result<Settled, WriteFailed> {
         match tokio::time::timeout(
             self.write_timeout,
-            write_isolating(&self.store, shard, records.to_vec(), dead.to_vec()),
+            write_isolating(
+                &self.store,
+                &self.subject_prefix,
+                shard,
+                records.to_vec(),
+                dead.to_vec(),
+            ),
         )
         .await
         {
@@ -245,12 +254,13 @@ impl WriteGuard {
 
 /// Writes a batch; on a data error, splits it until the offending records are alone and
 /// turns them into dead letters. Each part is its own (idempotent) transaction.
-fn write_isolating(
-    store: &Store,
+fn write_isolating<'a>(
+    store: &'a Store,
+    prefix: &'a str,
     shard: i16,
     records: Vec<Record>,
     dead: Vec<DeadLetter>,
-) -> Pin<Box<dyn Future<Output = Result<Settled, WriteFailed>> + Send + '_>> {
+) -> Pin<Box<dyn Future<Output = Result<Settled, WriteFailed>> + Send + 'a>> {
     Box::pin(async move {
         let started = std::time::Instant::now();
         match batch::write_batch(store.pool(), shard, &records, &dead).await {
@@ -278,18 +288,18 @@ fn write_isolating(
                 dead.push(DeadLetter {
                     stream_id: r.stream_id,
                     seq: r.seq,
-                    subject: r.event.topic().to_owned(),
+                    subject: shared::subject::subject_for(prefix, r.event.topic()),
                     raw_size: i32::try_from(raw.len()).unwrap_or(i32::MAX),
                     raw: raw[..raw.len().min(MAX_DEAD_LETTER_BYTES)].to_vec(),
                     reason: format!("rejected by the database: {e}"),
                 });
-                write_isolating(store, shard, Vec::new(), dead).await
+                write_isolating(store, prefix, shard, Vec::new(), dead).await
             }
             Err(_) => {
                 let mut left = records;
                 let right = left.split_off(left.len() / 2);
-                let a = write_isolating(store, shard, left, dead).await?;
-                let b = write_isolating(store, shard, right, Vec::new()).await?;
+                let a = write_isolating(store, prefix, shard, left, dead).await?;
+                let b = write_isolating(store, prefix, shard, right, Vec::new()).await?;
                 Ok(merge(a, b))
             }
         }

@@ -104,3 +104,59 @@ pub async fn list_events(pool: &PgPool, f: &EventFilter) -> sqlx::Result<Vec<Sto
         .push_bind(f.limit);
     q.build_query_as().fetch_all(pool).await
 }
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredDeadLetter {
+    pub id: i64,
+    pub stream_seq: i64,
+    pub subject: String,
+    pub raw: Vec<u8>,
+    pub raw_size: i32,
+    pub reason: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub redriven_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Dead letters, newest first, by keyset pagination on `id`.
+pub async fn list_dead_letters(
+    pool: &PgPool,
+    after_id: Option<i64>,
+    limit: i64,
+    include_redriven: bool,
+) -> sqlx::Result<Vec<StoredDeadLetter>> {
+    sqlx::query_as(
+        "SELECT id, stream_seq, subject, raw, raw_size, reason, created_at, redriven_at
+         FROM dead_letters
+         WHERE ($1::bigint IS NULL OR id < $1) AND ($3 OR redriven_at IS NULL)
+         ORDER BY id DESC LIMIT $2",
+    )
+    .bind(after_id)
+    .bind(limit)
+    .bind(include_redriven)
+    .fetch_all(pool)
+    .await
+}
+
+/// Dead letters not redriven yet, oldest first (optionally only the given ids).
+pub async fn pending_dead_letters(
+    pool: &PgPool,
+    ids: Option<&[i64]>,
+) -> sqlx::Result<Vec<StoredDeadLetter>> {
+    sqlx::query_as(
+        "SELECT id, stream_seq, subject, raw, raw_size, reason, created_at, redriven_at
+         FROM dead_letters
+         WHERE redriven_at IS NULL AND ($1::bigint[] IS NULL OR id = ANY($1))
+         ORDER BY id",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn mark_redriven(pool: &PgPool, id: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE dead_letters SET redriven_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,114 @@
+//! `GET /dead-letters?limit=&after=&include_redriven=`: messages that could not be stored,
+//! newest first, keyset paged. Needs the bearer token when `API_TOKEN` is set.
+//!
+//! Raw bytes are shown safely: `raw_text` is the bytes as UTF-8 with invalid sequences
+//! replaced (JSON escaping takes care of control characters), `raw_base64` is exact.
+//! `raw_truncated` says whether only the first 8 KiB were kept.
+
+use super::ApiError;
+use crate::state::SharedState;
+use crate::store::queries;
+use axum::extract::{RawQuery, State};
+use axum::Json;
+use base64::Engine;
+use chrono::SecondsFormat;
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct DeadLetterItem {
+    pub id: i64,
+    pub stream_seq: i64,
+    pub subject: String,
+    pub reason: String,
+    pub created_at: String,
+    pub redriven_at: Option<String>,
+    pub raw_size: i32,
+    pub raw_truncated: bool,
+    pub raw_text: String,
+    pub raw_base64: String,
+}
+
+#[derive(Serialize)]
+pub struct DeadLetterPage {
+    pub dead_letters: Vec<DeadLetterItem>,
+    pub next: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<SharedState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<DeadLetterPage>, ApiError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+            .map_err(|e| ApiError::bad_field("query", format!("cannot be decoded: {e}")))?;
+    let (mut limit, mut after, mut include_redriven) = (100i64, None, false);
+    let mut seen = std::collections::HashSet::new();
+    for (key, value) in pairs {
+        if !seen.insert(key.clone()) {
+            return Err(ApiError::bad_field(&key, "given more than once"));
+        }
+        match key.as_str() {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_field("limit", "must be an integer from 1 to 1000")
+                    })?
+            }
+            "after" => {
+                after = Some(
+                    value
+                        .strip_prefix("dl")
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .ok_or_else(|| {
+                            ApiError::bad_field("after", "is not a cursor returned as `next`")
+                        })?,
+                )
+            }
+            "include_redriven" => {
+                include_redriven = value
+                    .parse()
+                    .map_err(|_| ApiError::bad_field("include_redriven", "must be true or false"))?
+            }
+            other => {
+                return Err(ApiError::bad_field(
+                    other,
+                    "unknown parameter (expected limit, after, include_redriven)",
+                ))
+            }
+        }
+    }
+    let store = state
+        .store
+        .get()
+        .ok_or_else(|| ApiError::unavailable("starting up: database not connected yet"))?;
+    let mut rows = queries::list_dead_letters(store.pool(), after, limit + 1, include_redriven)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("database unavailable: {e}")))?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| format!("dl{}", r.id))
+    } else {
+        None
+    };
+    let dead_letters = rows
+        .into_iter()
+        .map(|r| DeadLetterItem {
+            id: r.id,
+            stream_seq: r.stream_seq,
+            subject: r.subject,
+            reason: r.reason,
+            created_at: r.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            redriven_at: r
+                .redriven_at
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+            raw_size: r.raw_size,
+            raw_truncated: (r.raw.len() as i64) < i64::from(r.raw_size),
+            raw_text: String::from_utf8_lossy(&r.raw).into_owned(),
+            raw_base64: base64::engine::general_purpose::STANDARD.encode(&r.raw),
+        })
+        .collect();
+    Ok(Json(DeadLetterPage { dead_letters, next }))
+}
