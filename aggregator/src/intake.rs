@@ -82,7 +82,7 @@ pub async fn run(
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => {
-                    release_prefetched(&mut messages).await;
+                    release_prefetched(messages, None).await;
                     return;
                 }
                 next = messages.next() => next,
@@ -104,8 +104,7 @@ pub async fn run(
                     // still in hand and can be returned.
                     let permit = tokio::select! {
                         _ = shutdown.cancelled() => {
-                            let _ = msg.ack_with(async_nats::jetstream::AckKind::Nak(None)).await;
-                            release_prefetched(&mut messages).await;
+                            release_prefetched(messages, Some(msg)).await;
                             return;
                         }
                         permit = tx.reserve() => match permit {
@@ -141,23 +140,31 @@ pub async fn run(
 
 /// On shutdown, messages already pulled into the client's prefetch are handed back at once
 /// (negative ack) instead of waiting out ACK_WAIT, so another replica or the next start gets
-/// them without delay.
-async fn release_prefetched(messages: &mut async_nats::jetstream::consumer::pull::Stream) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    let mut released = 0u64;
+/// them without delay. The pull subscription is dropped *before* the naks: naking while still
+/// subscribed would have JetStream redeliver them straight back to us, over and over.
+async fn release_prefetched(
+    mut messages: async_nats::jetstream::consumer::pull::Stream,
+    in_hand: Option<jetstream::Message>,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let mut held: Vec<jetstream::Message> = in_hand.into_iter().collect();
     while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(
-        deadline.min(tokio::time::Instant::now() + Duration::from_millis(200)),
+        deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)),
         messages.next(),
     )
     .await
     {
-        let _ = msg
-            .ack_with(async_nats::jetstream::AckKind::Nak(None))
-            .await;
-        released += 1;
+        held.push(msg);
     }
-    if released > 0 {
-        tracing::info!(released, "returned prefetched messages to JetStream");
+    drop(messages);
+    for msg in &held {
+        let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
+    }
+    if !held.is_empty() {
+        tracing::info!(
+            released = held.len(),
+            "returned prefetched messages to JetStream"
+        );
     }
 }
 

@@ -222,7 +222,9 @@ async fn ten_concurrent_publishers_of_one_event_yield_one_unique() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_restart_under_load_keeps_counts_exact() {
     let env = TestEnv::start().await;
-    let mut agg = Aggregator::spawn(&env, &[]).await;
+    // Messages the server had already sent to the stopped process but it never received come
+    // back after ACK_WAIT; keep that short so the test does not wait the default 30 s.
+    let mut agg = Aggregator::spawn(&env, &[("ACK_WAIT", "3s")]).await;
     // Publish at a steady rate and stop the aggregator gracefully in the middle.
     let publisher = {
         let args = [
@@ -263,6 +265,7 @@ async fn graceful_restart_under_load_keeps_counts_exact() {
     assert_eq!(int(&stats, "received"), 6000);
     assert_eq!(int(&stats, "unique_processed"), 4500);
     assert_eq!(int(&stats, "duplicate_dropped"), 1500);
+    assert_eq!(int(&stats, "dead_lettered"), 0);
     assert_consistent(&stats);
     assert_eq!(count_events(&env.db().await).await, 4500);
 }

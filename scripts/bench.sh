@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Performance benchmark: brings up a PRIVATE nats-server and PostgreSQL (under ./data/bench),
+# and in ONE run on the same instances measures:
+#   1. limit     COPY of the same unique rows into an empty table identical to `events`
+#   2. drain     N events (30% duplicates, 10 topics) pre-loaded in the stream: time for the
+#                aggregator to store and count them all; ratio = copy seconds / drain seconds
+#   3. live      publisher at full speed alongside the aggregator: sustained events/s;
+#                then publisher at 5,000 events/s: p50/p99 lag from event time to commit
+#   4. baseline  the earlier design (one transaction per event + one hot stats row, 4
+#                clients, pgbench) and our multiple of it
+#   5. peak RSS of the aggregator
+#   6. WAL       append rate while Postgres is down, replay rate once it is back
+# It prints a table and writes the same figures as JSON.
+#
+#   scripts/bench.sh [--events N] [--json PATH] [--replicas 1|2]
+#
+# synchronous_commit stays on and the WAL is fsynced: durability is not traded for speed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/stack.sh
+
+N=300000 JSON=bench-results/bench.json LIVE_N=300000 LAG_N=50000 WAL_N=100000 BASE_SECS=20
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --events) N=$2; LIVE_N=$2; shift 2 ;;
+    --json) JSON=$2; shift 2 ;;
+    --wal-events) WAL_N=$2; shift 2 ;;
+    --baseline-seconds) BASE_SECS=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$(dirname "$JSON")"
+
+scripts/install-deps.sh
+command -v pgbench >/dev/null || ls "$(pg_bin)/pgbench" >/dev/null
+cargo build --release --bins -q
+AGG=./target/release/aggregator PUB=./target/release/publisher
+DIR=$PWD/data/bench
+rm -rf "$DIR"
+trap stack_down EXIT
+stack_up "$DIR"
+PSQL=(psql "$DATABASE_URL" -Atq -v ON_ERROR_STOP=1)
+now() { date +%s.%N; }
+elapsed() { echo "$2 - $1" | bc -l; }
+rate() { printf '%.0f' "$(echo "$1 / $2" | bc -l)"; }
+stats_num() { curl -fsS "$AGG_URL/stats" | json_num "$1"; }
+wait_received() { # target
+  while :; do r=$(stats_num received || echo 0); [ "${r:-0}" -ge "$1" ] && break; sleep 0.05; done
+}
+publish() { "$PUB" --nats-url "$NATS_URL" --summary json --no-progress --topics 10 --duplicate-rate 0.3 "$@"; }
+AGG_ENV=(RUST_LOG=warn)
+
+echo "== drain: $N events pre-loaded (30% duplicates, 10 topics)" >&2
+# Start once to create database, stream and consumer; stop; pre-load; start and time.
+agg_up "$AGG" "${AGG_ENV[@]}"
+kill -TERM "$AGG_PID"; wait "$AGG_PID" || true
+publish --count "$N" --seed 1 >"$DIR/preload.json"
+t0=$(now)
+agg_up "$AGG" "${AGG_ENV[@]}"
+wait_received "$N"
+t1=$(now)
+DRAIN_S=$(elapsed "$t0" "$t1"); DRAIN_RATE=$(rate "$N" "$DRAIN_S")
+UNIQUE=$("${PSQL[@]}" -c "SELECT count(*) FROM events")
+echo "   drained $N ($UNIQUE unique) in ${DRAIN_S}s = $DRAIN_RATE events/s" >&2
+
+echo "== limit: COPY of the same $UNIQUE unique rows into a table identical to events" >&2
+"${PSQL[@]}" -c "COPY (SELECT topic, event_id, ts, source, payload FROM events) TO STDOUT" >"$DIR/rows.tsv"
+"${PSQL[@]}" -c "CREATE TABLE events_copy (LIKE events INCLUDING ALL)"
+t0=$(now)
+"${PSQL[@]}" -c "\\copy events_copy (topic, event_id, ts, source, payload) FROM '$DIR/rows.tsv'"
+t1=$(now)
+COPY_S=$(elapsed "$t0" "$t1"); COPY_RATE=$(rate "$UNIQUE" "$COPY_S")
+# The drain stores UNIQUE rows but counts N messages; compare time for the same rows.
+RATIO=$(printf '%.2f' "$(echo "$COPY_S / $DRAIN_S" | bc -l)")
+echo "   COPY $UNIQUE rows in ${COPY_S}s = $COPY_RATE rows/s; ratio copy/drain = $RATIO" >&2
+"${PSQL[@]}" -c "DROP TABLE events_copy"
+
+echo "== live: publisher at full speed alongside the aggregator ($LIVE_N events)" >&2
+before=$(stats_num received)
+t0=$(now)
+publish --count "$LIVE_N" --seed 2 >"$DIR/live.json"
+PUB_S=$(elapsed "$t0" "$(now)")
+wait_received $((before + LIVE_N))
+t1=$(now)
+LIVE_S=$(elapsed "$t0" "$t1"); LIVE_RATE=$(rate "$LIVE_N" "$LIVE_S")
+PUB_RATE=$(rate "$LIVE_N" "$PUB_S")
+echo "   $LIVE_N published and counted in ${LIVE_S}s = $LIVE_RATE events/s (publisher alone: $PUB_RATE/s)" >&2
+
+echo "== lag at 5,000 events/s ($LAG_N events)" >&2
+before=$(stats_num received)
+mark=$("${PSQL[@]}" -c "SELECT coalesce(max(id), 0) FROM events")
+publish --count "$LAG_N" --seed 3 --rate 5000 >"$DIR/lag.json"
+wait_received $((before + LAG_N))
+read -r LAG_P50 LAG_P99 LAG_MAX < <("${PSQL[@]}" -F ' ' -c "
+  SELECT round(1000 * percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts)))::int,
+         round(1000 * percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts)))::int,
+         round(1000 * max(extract(epoch FROM stored_at - ts)))::int
+  FROM events WHERE id > $mark")
+echo "   event time -> commit lag: p50 ${LAG_P50} ms, p99 ${LAG_P99} ms, max ${LAG_MAX} ms" >&2
+
+RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$AGG_PID/status")
+RSS_MB=$(( RSS_KB / 1024 ))
+echo "== peak RSS of the aggregator: ${RSS_MB} MB" >&2
+
+echo "== WAL: $WAL_N events while Postgres is down, then replay" >&2
+kill -TERM "$AGG_PID"; wait "$AGG_PID" || true
+AGG_PID=""
+WAL_PATH="$DIR/wal-bench" agg_up "$AGG" "${AGG_ENV[@]}" CIRCUIT_BREAKER_THRESHOLD=1 \
+  CIRCUIT_BREAKER_TIMEOUT=10m MAX_RETRIES=0 HEALTH_CHECK_INTERVAL=200ms WAL_MAX_SIZE=2000000000
+before=$(stats_num received)
+pg_stop
+publish --count "$WAL_N" --seed 4 >"$DIR/wal.json"
+wal_count() { curl -sS "$AGG_URL/health" | json_num wal_record_count; }
+# Time from the first record in the WAL to the last.
+while [ "$(wal_count)" -eq 0 ]; do sleep 0.01; done
+t0=$(now)
+while [ "$(wal_count)" -lt "$WAL_N" ]; do sleep 0.01; done
+t1=$(now)
+WAL_APPEND_S=$(elapsed "$t0" "$t1"); WAL_APPEND_RATE=$(rate "$WAL_N" "$WAL_APPEND_S")
+pg_start
+t0=$(now)
+while [ "$(wal_count)" -gt 0 ]; do sleep 0.01; done
+t1=$(now)
+WAL_REPLAY_S=$(elapsed "$t0" "$t1"); WAL_REPLAY_RATE=$(rate "$WAL_N" "$WAL_REPLAY_S")
+wait_received $((before + WAL_N))
+echo "   append $WAL_APPEND_RATE events/s, replay $WAL_REPLAY_RATE events/s (Postgres up -> WAL empty ${WAL_REPLAY_S}s)" >&2
+
+echo "== baseline: earlier design (transaction per event, one hot stats row, 4 clients), ${BASE_SECS}s" >&2
+"${PSQL[@]}" <<'SQL'
+CREATE TABLE baseline_events (LIKE events INCLUDING ALL);
+CREATE TABLE baseline_stats (id int PRIMARY KEY, received bigint NOT NULL, unique_processed bigint NOT NULL);
+INSERT INTO baseline_stats VALUES (1, 0, 0);
+SQL
+cat >"$DIR/baseline.sql" <<'SQL'
+\set n random(1, 700000)
+BEGIN;
+WITH ins AS (
+  INSERT INTO baseline_events (topic, event_id, ts, source, payload)
+  VALUES ('telemetry.satellite.status', 'evt-' || :n, now(), 'SAT-0001',
+          '{"battery_charge_percent": 85.5, "storage_usage_mb": 45000.0, "signal_strength_dbm": -55.0, "is_anomaly": false}')
+  ON CONFLICT (topic, event_id) DO NOTHING RETURNING 1)
+UPDATE baseline_stats SET received = received + 1,
+       unique_processed = unique_processed + (SELECT count(*) FROM ins) WHERE id = 1;
+END;
+SQL
+PGBENCH=$(command -v pgbench || echo "$(pg_bin)/pgbench")
+"$PGBENCH" -n -h 127.0.0.1 -p "$PG_PORT" -U postgres -c 4 -j 2 -T "$BASE_SECS" -f "$DIR/baseline.sql" aggregator >"$DIR/pgbench.txt" 2>&1
+BASE_RATE=$(grep -oE 'tps = [0-9.]+' "$DIR/pgbench.txt" | head -1 | grep -oE '[0-9.]+' | cut -d. -f1)
+MULTIPLE=$(printf '%.1f' "$(echo "$DRAIN_RATE / $BASE_RATE" | bc -l)")
+echo "   baseline $BASE_RATE events/s; drain is ${MULTIPLE}x" >&2
+
+cat >"$JSON" <<EOF
+{"events": $N, "unique": $UNIQUE,
+ "copy_seconds": $COPY_S, "copy_rows_per_s": $COPY_RATE,
+ "drain_seconds": $DRAIN_S, "drain_events_per_s": $DRAIN_RATE, "copy_over_drain_ratio": $RATIO,
+ "live_events": $LIVE_N, "live_events_per_s": $LIVE_RATE, "publisher_alone_events_per_s": $PUB_RATE,
+ "lag_rate_events_per_s": 5000, "lag_p50_ms": $LAG_P50, "lag_p99_ms": $LAG_P99, "lag_max_ms": $LAG_MAX,
+ "baseline_events_per_s": $BASE_RATE, "multiple_of_baseline": $MULTIPLE,
+ "aggregator_peak_rss_mb": $RSS_MB,
+ "wal_events": $WAL_N, "wal_append_events_per_s": $WAL_APPEND_RATE, "wal_replay_events_per_s": $WAL_REPLAY_RATE}
+EOF
+
+printf '\n%-44s %14s %10s\n' "measure" "figure" "target"
+printf '%-44s %14s %10s\n' "COPY limit (rows/s)" "$COPY_RATE" ""
+printf '%-44s %14s %10s\n' "drain $N events (events/s)" "$DRAIN_RATE" ""
+printf '%-44s %14s %10s\n' "ratio copy s / drain s" "$RATIO" ">= 0.6"
+printf '%-44s %14s %10s\n' "earlier design baseline (events/s)" "$BASE_RATE" ""
+printf '%-44s %14s %10s\n' "multiple of baseline" "${MULTIPLE}x" ">= 25x"
+printf '%-44s %14s %10s\n' "live, publisher at full speed (events/s)" "$LIVE_RATE" ">= 30000"
+printf '%-44s %14s %10s\n' "lag p50 at 5,000 events/s (ms)" "$LAG_P50" ""
+printf '%-44s %14s %10s\n' "lag p99 at 5,000 events/s (ms)" "$LAG_P99" "<= 100"
+printf '%-44s %14s %10s\n' "aggregator peak RSS (MB)" "$RSS_MB" "<= 100"
+printf '%-44s %14s %10s\n' "WAL append (events/s)" "$WAL_APPEND_RATE" ">= 50000"
+printf '%-44s %14s %10s\n' "WAL replay (events/s)" "$WAL_REPLAY_RATE" ">= 30000"
+echo "JSON: $JSON"
