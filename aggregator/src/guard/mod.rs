@@ -219,13 +219,7 @@ impl WriteGuard {
     ) -> Result<Settled, WriteFailed> {
         match tokio::time::timeout(
             self.write_timeout,
-            write_isolating(
-                &self.store,
-                &self.subject_prefix,
-                shard,
-                records.to_vec(),
-                dead.to_vec(),
-            ),
+            write_isolating(&self.store, &self.subject_prefix, shard, records, dead),
         )
         .await
         {
@@ -253,38 +247,40 @@ impl WriteGuard {
 }
 
 /// Writes a batch; on a data error, splits it until the offending records are alone and
-/// turns them into dead letters. Each part is its own (idempotent) transaction.
+/// turns them into dead letters. Each part is its own (idempotent) transaction. Borrows the
+/// records: nothing is copied unless a record has to become a dead letter.
 fn write_isolating<'a>(
     store: &'a Store,
     prefix: &'a str,
     shard: i16,
-    records: Vec<Record>,
-    dead: Vec<DeadLetter>,
+    records: &'a [Record],
+    dead: &'a [DeadLetter],
 ) -> Pin<Box<dyn Future<Output = Result<Settled, WriteFailed>> + Send + 'a>> {
     Box::pin(async move {
         let started = std::time::Instant::now();
-        match batch::write_batch(store.pool(), shard, &records, &dead).await {
+        let committed = |outcome: BatchOutcome, dead: &[DeadLetter]| Settled {
+            durable: Durable::Committed(outcome),
+            dead: dead.iter().map(|d| (d.stream_id, d.seq)).collect(),
+        };
+        match batch::write_batch(store.pool(), shard, records, dead).await {
             Ok(outcome) => {
                 metrics::histogram!(names::BATCH_WRITE_SECONDS)
                     .record(started.elapsed().as_secs_f64());
-                Ok(Settled {
-                    durable: Durable::Committed(outcome),
-                    dead: dead.iter().map(|d| (d.stream_id, d.seq)).collect(),
-                })
+                Ok(committed(outcome, dead))
             }
             Err(e) if is_transient(&e) => Err(WriteFailed(e.to_string())),
             Err(e) if records.len() <= 1 => {
                 // The data is at fault. A lone record becomes a dead letter; with no records
                 // left, the dead letters themselves are at fault, which our own schema should
                 // make impossible: report it as a failure rather than drop anything.
-                let Some(r) = records.into_iter().next() else {
+                let Some(r) = records.first() else {
                     return Err(WriteFailed(format!("dead letters rejected: {e}")));
                 };
                 metrics::counter!(names::POISON_ISOLATED).increment(1);
                 tracing::warn!(stream_seq = r.seq, topic = r.event.topic(), error = %e,
                     "database rejected one event; dead-lettering it");
                 let raw = r.event.to_json();
-                let mut dead = dead;
+                let mut dead = dead.to_vec();
                 dead.push(DeadLetter {
                     stream_id: r.stream_id,
                     seq: r.seq,
@@ -293,13 +289,15 @@ fn write_isolating<'a>(
                     raw: raw[..raw.len().min(MAX_DEAD_LETTER_BYTES)].to_vec(),
                     reason: format!("rejected by the database: {e}"),
                 });
-                write_isolating(store, prefix, shard, Vec::new(), dead).await
+                match batch::write_batch(store.pool(), shard, &[], &dead).await {
+                    Ok(outcome) => Ok(committed(outcome, &dead)),
+                    Err(e) => Err(WriteFailed(format!("dead letters rejected: {e}"))),
+                }
             }
             Err(_) => {
-                let mut left = records;
-                let right = left.split_off(left.len() / 2);
+                let (left, right) = records.split_at(records.len() / 2);
                 let a = write_isolating(store, prefix, shard, left, dead).await?;
-                let b = write_isolating(store, prefix, shard, right, Vec::new()).await?;
+                let b = write_isolating(store, prefix, shard, right, &[]).await?;
                 Ok(merge(a, b))
             }
         }

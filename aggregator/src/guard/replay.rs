@@ -13,10 +13,12 @@
 use super::wal::{CorruptEntry, WalEntry};
 use super::{Durable, WriteGuard};
 use crate::shutdown::CancellationToken;
+use crate::startup::COUNTER_SHARDS;
 use crate::state::SharedState;
 use crate::store::batch::{DeadLetter, Record, MAX_DEAD_LETTER_BYTES};
 use crate::telemetry::names;
 use async_nats::jetstream;
+use futures::StreamExt;
 use shared::{Event, Limits};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -73,23 +75,34 @@ impl Monitor {
                 .await?;
             let mut entries = read.entries;
             entries.extend(self.recover_from_stream(&read.corrupt).await);
-            for part in entries.chunks(chunk) {
-                let (records, dead) = split(part);
-                match self.guard.write(self.shard, &records, &dead).await {
+            // Chunks are independent and idempotent: write several at once, each on its own
+            // counter shard. The segment goes only when every chunk has committed.
+            let parallel = usize::from(self.state.config.workers).max(1);
+            let chunk_writes: Vec<_> = entries
+                .chunks(chunk)
+                .enumerate()
+                .map(|(i, part)| self.write_chunk(i % parallel, part))
+                .collect();
+            let mut writes = futures::stream::iter(chunk_writes).buffer_unordered(parallel);
+            let mut failure = None;
+            while let Some((n, result)) = writes.next().await {
+                match result {
                     Ok(settled) => {
-                        self.guard.breaker.on_success();
                         if let Durable::Committed(o) = &settled.durable {
                             crate::worker::record_outcome_metrics(&self.state, o);
                         }
-                        replayed += part.len() as u64;
-                        metrics::counter!(names::WAL_REPLAYED).increment(part.len() as u64);
+                        replayed += n as u64;
+                        metrics::counter!(names::WAL_REPLAYED).increment(n as u64);
                     }
-                    Err(e) => {
-                        self.guard.breaker.on_failure();
-                        anyhow::bail!("replay write failed: {}", e.0);
-                    }
+                    Err(e) => failure = Some(e.0),
                 }
             }
+            drop(writes);
+            if let Some(e) = failure {
+                self.guard.breaker.on_failure();
+                anyhow::bail!("replay write failed: {e}");
+            }
+            self.guard.breaker.on_success();
             self.guard
                 .with_wal(move |wal| wal.remove_segment(segment))
                 .await?;
@@ -110,6 +123,16 @@ impl Monitor {
             );
         }
         Ok(replayed)
+    }
+
+    async fn write_chunk(
+        &self,
+        lane: usize,
+        part: &[WalEntry],
+    ) -> (usize, Result<super::Settled, super::WriteFailed>) {
+        let (records, dead) = split(part);
+        let shard = ((self.shard as usize + lane) % usize::from(COUNTER_SHARDS)) as i16;
+        (part.len(), self.guard.write(shard, &records, &dead).await)
     }
 
     /// Fetches damaged WAL records back from JetStream by sequence. Records that cannot be
