@@ -68,3 +68,13 @@ CREATE TABLE dead_letter_counters (
     shard  smallint PRIMARY KEY,
     count  bigint NOT NULL DEFAULT 0
 );
+
+-- Messages JetStream delivered more than MAX_DELIVER times: each is tried alone once; one
+-- that comes back after that (it crashed or stalled the process) is dead-lettered.
+CREATE TABLE suspect_attempts (
+    stream_id   integer NOT NULL,
+    stream_seq  bigint  NOT NULL,
+    attempts    integer NOT NULL,
+    last_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream_id, stream_seq)
+);

@@ -1,7 +1,12 @@
-//! Intake: pulls messages from the durable JetStream consumer into the bounded buffer.
+//! Intake: pulls messages from the durable JetStream consumer, decodes and validates them, and
+//! routes each to a worker's bounded buffer.
 //!
-//! The buffer (`MAX_BUFFER_SIZE`) is a bounded channel: when the workers fall behind, `send`
-//! waits and intake stops pulling, so memory stays bounded and JetStream keeps the rest.
+//! Routing is by a hash of `(topic, event_id)`: every copy of an event goes to the same
+//! worker, so two workers never insert the same key at the same time (which would make one
+//! transaction wait for the other's commit). Undecodable messages are routed by sequence.
+//!
+//! The buffers (`MAX_BUFFER_SIZE` in all) are bounded channels: when a worker falls behind,
+//! `send` waits and intake stops pulling, so memory stays bounded and JetStream keeps the rest.
 //! Each message is tagged with the id of the stream incarnation it came from. When the
 //! consumer disappears (stream deleted and re-created) intake sets everything up again and
 //! registers the new incarnation.
@@ -12,6 +17,7 @@ use crate::state::SharedState;
 use crate::store::Store;
 use async_nats::jetstream::{self, consumer::pull::MessagesErrorKind};
 use futures::StreamExt;
+use shared::{Event, Limits};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -25,6 +31,36 @@ pub struct Delivery {
     pub published_unix: f64,
     /// How many times JetStream has delivered this message (1 the first time).
     pub delivered: i64,
+    /// The decoded, validated event, or why it is invalid.
+    pub decoded: Result<Event, String>,
+}
+
+/// Which of `n` workers handles a message: by event key when it decodes, else by sequence.
+pub fn route(decoded: &Result<Event, String>, seq: i64, n: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match decoded {
+        Ok(e) => (e.topic(), e.event_id()).hash(&mut h),
+        Err(_) => seq.hash(&mut h),
+    }
+    (h.finish() % n.max(1) as u64) as usize
+}
+
+/// Decodes a message body and checks it against its subject.
+pub fn decode(
+    payload: &[u8],
+    subject: &str,
+    prefix: &str,
+    limits: &Limits,
+) -> Result<Event, String> {
+    let event = Event::from_json(payload, limits).map_err(|e| e.to_string())?;
+    if Some(event.topic()) != shared::subject::topic_of(prefix, subject) {
+        return Err(format!(
+            "topic {:?} in the body does not match subject {subject:?}",
+            event.topic()
+        ));
+    }
+    Ok(event)
 }
 
 /// Runs until `shutdown` is cancelled, then drops the sender so the workers drain and stop.
@@ -32,11 +68,14 @@ pub async fn run(
     state: SharedState,
     js: jetstream::Context,
     store: Store,
-    tx: mpsc::Sender<Delivery>,
+    txs: Vec<mpsc::Sender<Delivery>>,
     shutdown: CancellationToken,
     mut subscription: Option<broker::Subscription>,
 ) {
     let cfg = &state.config;
+    let limits = Limits {
+        max_payload_bytes: cfg.max_payload_bytes as usize,
+    };
     while !shutdown.is_cancelled() {
         let sub = match subscription.take() {
             Some(s) => s,
@@ -100,6 +139,13 @@ pub async fn run(
                             continue;
                         }
                     };
+                    let decoded = decode(
+                        &msg.payload,
+                        msg.subject.as_str(),
+                        &cfg.subject_prefix,
+                        &limits,
+                    );
+                    let tx = &txs[route(&decoded, seq, txs.len())];
                     // Wait for room in the buffer first, so that on shutdown the message is
                     // still in hand and can be returned.
                     let permit = tokio::select! {
@@ -119,6 +165,7 @@ pub async fn run(
                         seq,
                         published_unix,
                         delivered,
+                        decoded,
                     });
                 }
                 Some(Err(e)) => {

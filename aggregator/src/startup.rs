@@ -25,7 +25,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::mpsc;
 
 /// Counter shards per topic; each worker writes to its own one.
 pub const COUNTER_SHARDS: u16 = 64;
@@ -100,17 +100,21 @@ async fn run_pipeline(
         return Ok(());
     };
 
-    let (tx, rx) = mpsc::channel::<Delivery>(cfg.max_buffer_size as usize);
-    let rx = Arc::new(Mutex::new(rx));
+    // One bounded buffer per worker; MAX_BUFFER_SIZE in all.
+    let per_worker = (cfg.max_buffer_size as usize / usize::from(cfg.workers)).max(1);
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..cfg.workers)
+        .map(|_| mpsc::channel::<Delivery>(per_worker))
+        .unzip();
     let intake = tokio::spawn(intake::run(
         state.clone(),
         js.clone(),
         store.clone(),
-        tx,
+        txs,
         shutdown.clone(),
         Some(subscription),
     ));
     let failpoint = Arc::new(Failpoint::from_env());
+    let solo = Arc::new(tokio::sync::RwLock::new(()));
     let offset: u16 = rand::random::<u16>() % COUNTER_SHARDS;
     let monitor = Monitor {
         state: state.clone(),
@@ -131,15 +135,17 @@ async fn run_pipeline(
     monitor.tick().await;
     let monitor_task = tokio::spawn(monitor.run(shutdown.clone()));
     let workers: Vec<_> = (0..cfg.workers)
-        .map(|id| {
+        .zip(rxs)
+        .map(|(id, rx)| {
             let worker = Worker {
                 id,
                 shard: ((offset + id) % COUNTER_SHARDS) as i16,
                 state: state.clone(),
                 guard: guard.clone(),
-                rx: rx.clone(),
+                rx,
                 shutdown: shutdown.clone(),
                 failpoint: failpoint.clone(),
+                solo: solo.clone(),
             };
             tokio::spawn(worker.run())
         })

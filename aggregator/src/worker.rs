@@ -1,9 +1,9 @@
 //! Workers: take a batch from the buffer, decode it, write it in one transaction, and only
 //! then acknowledge it to JetStream.
 //!
-//! Batches close at `BATCH_SIZE` messages or `BATCH_TIMEOUT` after their first message.
-//! Collecting a batch holds the buffer's lock (so batches are contiguous and cheap to form);
-//! decoding and writing happen outside it, so `WORKERS` batches are in the database at once.
+//! Each worker owns one buffer (intake routes messages to it by event key) and closes a batch
+//! at `BATCH_SIZE` messages or `BATCH_TIMEOUT` after its first message; `WORKERS` batches are
+//! in the database at once, never two with the same event key.
 //!
 //! A message that fails to decode or validate becomes a dead letter, recorded in the same
 //! transaction as its batch-mates and terminated (never redelivered). The write itself goes
@@ -18,14 +18,11 @@ use crate::store::batch::{BatchOutcome, DeadLetter, Record, MAX_DEAD_LETTER_BYTE
 use crate::telemetry::names;
 use async_nats::jetstream::AckKind;
 use futures::future::BoxFuture;
-use shared::{Event, Limits};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Mutex};
-
-pub type SharedReceiver = Arc<Mutex<mpsc::Receiver<Delivery>>>;
+use tokio::sync::mpsc;
 
 /// Test-only fault injection through `AGGREGATOR_FAILPOINT`:
 /// * `abort-after-commit:N` aborts the process right after the N-th batch commit, before its
@@ -75,20 +72,24 @@ pub struct Worker {
     pub shard: i16,
     pub state: SharedState,
     pub guard: Arc<WriteGuard>,
-    pub rx: SharedReceiver,
+    pub rx: mpsc::Receiver<Delivery>,
     pub shutdown: CancellationToken,
     pub failpoint: Arc<Failpoint>,
+    /// Shared by all workers: normal batches hold it for reading, a suspect's solo attempt
+    /// holds it for writing, so nothing else runs while a suspect is tried (if the process
+    /// dies then, the suspect is the culprit).
+    pub solo: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Worker {
     /// Runs until the buffer is closed and empty.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let cfg = &self.state.config;
         let max = cfg.batch_size as usize;
         let mut batch = Vec::with_capacity(max);
         loop {
             batch.clear();
-            if collect(&self.rx, &mut batch, max, cfg.batch_timeout).await == 0 {
+            if collect(&mut self.rx, &mut batch, max, cfg.batch_timeout).await == 0 {
                 tracing::debug!(worker = self.id, "buffer closed; worker done");
                 return;
             }
@@ -99,44 +100,65 @@ impl Worker {
         }
     }
 
-    /// Writes a batch. Messages JetStream has delivered more than `MAX_DELIVER` times without
-    /// them being stored (say, because processing them crashed the process) are suspects:
-    /// each is written alone after its batch-mates, so it cannot take them down with it. Past
-    /// twice `MAX_DELIVER` a message is dead-lettered without being processed again.
+    /// Writes a batch. Messages JetStream has delivered more than `MAX_DELIVER` times are
+    /// suspects (processing them may have crashed the process): after their batch-mates are
+    /// settled, each is tried alone, once; a suspect that comes back after its solo attempt
+    /// is dead-lettered without being processed again. The attempt is recorded in Postgres
+    /// before it is made, so the verdict survives the crash it may cause.
     async fn process(&self, batch: &mut [Delivery]) {
         // A message delivered twice into one batch is written once (and acked twice).
         batch.sort_unstable_by_key(|d| (d.stream_id, d.seq));
         let max = self.state.config.max_deliver;
-        let (suspects, normal): (Vec<&Delivery>, Vec<&Delivery>) = batch
-            .iter()
-            .partition(|d| d.delivered > max && d.delivered <= 2 * max);
-        self.settle(&normal).await;
+        let (suspects, normal): (Vec<&mut Delivery>, Vec<&mut Delivery>) =
+            batch.iter_mut().partition(|d| d.delivered > max);
+        {
+            let _shared = self.solo.read().await;
+            self.settle(normal, None).await;
+        }
         for suspect in suspects {
+            let _exclusive = self.solo.write().await;
+            let doomed = match self
+                .guard
+                .store()
+                .record_suspect_attempt(suspect.stream_id, suspect.seq)
+                .await
+            {
+                Ok(before) => before >= 1,
+                // Without the database the attempt cannot be recorded; the write guard will
+                // put it in the WAL anyway.
+                Err(_) => false,
+            };
+            let reason = doomed.then(|| {
+                format!(
+                    "delivered {} times without being stored, and a solo attempt did not \
+                     finish (it may crash the aggregator)",
+                    suspect.delivered
+                )
+            });
             tracing::warn!(
                 stream_seq = suspect.seq,
                 delivered = suspect.delivered,
-                "message redelivered many times; writing it alone"
+                doomed,
+                "message redelivered more than MAX_DELIVER times; settling it alone"
             );
-            self.settle(&[suspect]).await;
+            self.settle(vec![suspect], reason).await;
         }
     }
 
-    /// Decodes, makes durable, then acknowledges a group of messages.
-    async fn settle(&self, group: &[&Delivery]) {
+    /// Makes a group of messages durable, then acknowledges them. With `doom`, every message
+    /// of the group becomes a dead letter with that reason.
+    async fn settle(&self, mut group: Vec<&mut Delivery>, doom: Option<String>) {
         if group.is_empty() {
             return;
         }
-        let cfg = &self.state.config;
-        let limits = Limits {
-            max_payload_bytes: cfg.max_payload_bytes as usize,
-        };
-        let (records, dead) = decode(group, &cfg.subject_prefix, &limits, cfg.max_deliver);
+        let (records, dead) = take_records(&mut group, doom);
+        let group: Vec<&Delivery> = group.into_iter().map(|d| &*d).collect();
         self.failpoint.before_write(&records);
 
         // While the group waits for the database or the WAL, keep its messages ours.
         let keepalive = || -> BoxFuture<'_, ()> {
-            Box::pin(async move {
-                for d in group {
+            Box::pin(async {
+                for d in &group {
                     let _ = d.msg.ack_with(AckKind::Progress).await;
                 }
             })
@@ -147,7 +169,7 @@ impl Worker {
             .await;
         let Some(settled) = settled else {
             // Shutting down with nowhere durable to put the batch: JetStream keeps it.
-            for d in group {
+            for d in &group {
                 let _ = d.msg.ack_with(AckKind::Nak(None)).await;
             }
             return;
@@ -156,9 +178,9 @@ impl Worker {
             self.failpoint.after_commit();
             record_outcome_metrics(&self.state, outcome);
         }
-        record_batch_metrics(group);
+        record_batch_metrics(&group);
         let dead: HashSet<(i32, i64)> = settled.dead.into_iter().collect();
-        for d in group {
+        for d in &group {
             let kind = if dead.contains(&(d.stream_id, d.seq)) {
                 AckKind::Term
             } else {
@@ -176,12 +198,11 @@ impl Worker {
 /// Waits for the first message, then gathers more until `max` or `timeout`. Returns how many
 /// were gathered; 0 only when the buffer is closed and empty.
 async fn collect(
-    rx: &SharedReceiver,
+    rx: &mut mpsc::Receiver<Delivery>,
     batch: &mut Vec<Delivery>,
     max: usize,
     timeout: Duration,
 ) -> usize {
-    let mut rx = rx.lock().await;
     if rx.recv_many(batch, max).await == 0 {
         return 0;
     }
@@ -195,33 +216,23 @@ async fn collect(
     batch.len()
 }
 
-/// Splits a group (sorted by stream position) into records to store and dead letters.
-fn decode(
-    batch: &[&Delivery],
-    prefix: &str,
-    limits: &Limits,
-    max_deliver: i64,
+/// Moves the decoded events out of a group (sorted by stream position) into records to
+/// store, and turns the rest into dead letters.
+fn take_records(
+    group: &mut [&mut Delivery],
+    doom: Option<String>,
 ) -> (Vec<Record>, Vec<DeadLetter>) {
-    let mut records = Vec::with_capacity(batch.len());
+    let mut records = Vec::with_capacity(group.len());
     let mut dead = Vec::new();
     let mut last = None;
-    for d in batch {
+    for d in group.iter_mut() {
         if last == Some((d.stream_id, d.seq)) {
             continue;
         }
         last = Some((d.stream_id, d.seq));
-        let payload = &d.msg.payload;
-        let subject_topic = shared::subject::topic_of(prefix, d.msg.subject.as_str());
-        let decoded = if d.delivered > 2 * max_deliver {
-            Err(format!(
-                "delivered {} times without being stored (MAX_DELIVER={max_deliver})",
-                d.delivered
-            ))
-        } else {
-            Event::from_json(payload, limits).map_err(|e| e.to_string())
-        };
-        let reason = match decoded {
-            Ok(event) if Some(event.topic()) == subject_topic => {
+        let decoded = std::mem::replace(&mut d.decoded, Err(String::new()));
+        let reason = match (decoded, &doom) {
+            (Ok(event), None) => {
                 records.push(Record {
                     stream_id: d.stream_id,
                     seq: d.seq,
@@ -229,20 +240,16 @@ fn decode(
                 });
                 continue;
             }
-            Ok(event) => format!(
-                "topic {:?} in the body does not match subject {:?}",
-                event.topic(),
-                d.msg.subject.as_str()
-            ),
-            Err(e) => e,
+            (_, Some(reason)) => reason.clone(),
+            (Err(e), None) => e,
         };
-        tracing::warn!(stream_seq = d.seq, subject = %d.msg.subject, %reason, "dead-lettering invalid message");
-        let keep = payload.len().min(MAX_DEAD_LETTER_BYTES);
+        tracing::warn!(stream_seq = d.seq, subject = %d.msg.subject, %reason, "dead-lettering message");
+        let payload = &d.msg.payload;
         dead.push(DeadLetter {
             stream_id: d.stream_id,
             seq: d.seq,
             subject: d.msg.subject.to_string(),
-            raw: payload[..keep].to_vec(),
+            raw: payload[..payload.len().min(MAX_DEAD_LETTER_BYTES)].to_vec(),
             raw_size: i32::try_from(payload.len()).unwrap_or(i32::MAX),
             reason,
         });

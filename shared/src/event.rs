@@ -26,6 +26,9 @@ use std::fmt;
 
 /// Maximum length, in characters, of `topic`, `event_id` and `source`.
 pub const MAX_FIELD_CHARS: usize = 255;
+/// Deepest nesting of arrays/objects accepted inside `payload`. JSON parsers commonly stop at
+/// 128 levels (serde_json does), so a deeper payload could be stored but never read back.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
 /// Default `MAX_PAYLOAD_BYTES`: 64 KiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 
@@ -344,6 +347,12 @@ fn validate_payload(payload: &RawValue, limits: &Limits) -> Result<(), Validatio
             ),
         ));
     }
+    if nesting_depth(text) > MAX_PAYLOAD_DEPTH {
+        return Err(ValidationError::new(
+            "payload",
+            format!("is nested more than {MAX_PAYLOAD_DEPTH} levels deep"),
+        ));
+    }
     // Only when the text could hold an escaped NUL is it worth parsing the tree to be sure
     // (`\\u0000` is a backslash followed by "u0000", which is fine).
     if text.contains("u0000") {
@@ -357,6 +366,32 @@ fn validate_payload(payload: &RawValue, limits: &Limits) -> Result<(), Validatio
         }
     }
     Ok(())
+}
+
+/// Deepest array/object nesting of valid JSON text (brackets inside strings don't count).
+fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 fn contains_nul(v: &serde_json::Value) -> bool {
@@ -480,6 +515,19 @@ mod tests {
             &Limits::default()
         )
         .is_ok());
+    }
+
+    #[test]
+    fn payload_nesting_is_limited() {
+        let ts = "2026-11-23T10:30:45Z";
+        let nested = |n: usize| format!("{}{}{}", "{\"a\":".repeat(n - 1) + "{", "", "}".repeat(n));
+        assert_eq!(nesting_depth(&nested(64)), 64);
+        assert!(Event::from_json(&ev("t", "a", ts, "s", &nested(64)), &Limits::default()).is_ok());
+        let e =
+            Event::from_json(&ev("t", "a", ts, "s", &nested(65)), &Limits::default()).unwrap_err();
+        assert_eq!(e.field, "payload");
+        // Brackets inside strings do not count.
+        assert_eq!(nesting_depth(r#"{"k":"[[[[{{{{\"]]"}"#), 1);
     }
 
     #[test]

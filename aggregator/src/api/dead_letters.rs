@@ -86,7 +86,7 @@ pub async fn list(
         .ok_or_else(|| ApiError::unavailable("starting up: database not connected yet"))?;
     let mut rows = queries::list_dead_letters(store.pool(), after, limit + 1, include_redriven)
         .await
-        .map_err(|e| ApiError::unavailable(format!("database unavailable: {e}")))?;
+        .map_err(ApiError::from_db)?;
     let next = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(|r| format!("dl{}", r.id))

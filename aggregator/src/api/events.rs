@@ -22,7 +22,7 @@ pub struct EventItem {
     pub event_id: String,
     pub timestamp: String,
     pub source: String,
-    pub payload: serde_json::Value,
+    pub payload: Box<serde_json::value::RawValue>,
     pub stored_at: String,
 }
 
@@ -45,7 +45,7 @@ pub async fn list(
     want.limit = filter.limit + 1;
     let mut rows = queries::list_events(store.pool(), &want)
         .await
-        .map_err(|e| ApiError::unavailable(format!("database unavailable: {e}")))?;
+        .map_err(ApiError::from_db)?;
     let next = if rows.len() as i64 > filter.limit {
         rows.truncate(filter.limit as usize);
         rows.last().map(|r| encode_cursor(r.ts, r.id))
@@ -53,20 +53,22 @@ pub async fn list(
         None
     };
     Ok(Json(EventPage {
-        events: rows.into_iter().map(item).collect(),
+        events: rows.into_iter().filter_map(item).collect(),
         next,
     }))
 }
 
-fn item(r: StoredEvent) -> EventItem {
-    EventItem {
+fn item(r: StoredEvent) -> Option<EventItem> {
+    // jsonb text output is always valid JSON.
+    let payload = serde_json::value::RawValue::from_string(r.payload).ok()?;
+    Some(EventItem {
         topic: r.topic,
         event_id: r.event_id,
         timestamp: r.ts.to_rfc3339_opts(SecondsFormat::AutoSi, true),
         source: r.source,
-        payload: r.payload,
+        payload,
         stored_at: r.stored_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-    }
+    })
 }
 
 fn parse_query(query: &str) -> Result<EventFilter, ApiError> {
@@ -88,8 +90,14 @@ fn parse_query(query: &str) -> Result<EventFilter, ApiError> {
                 f.topic = Some(value);
             }
             "source" => {
-                if value.is_empty() || value.chars().count() > shared::event::MAX_FIELD_CHARS {
-                    return Err(ApiError::bad_field("source", "must be 1..=255 characters"));
+                if value.is_empty()
+                    || value.chars().count() > shared::event::MAX_FIELD_CHARS
+                    || value.chars().any(char::is_control)
+                {
+                    return Err(ApiError::bad_field(
+                        "source",
+                        "must be 1..=255 characters without control characters",
+                    ));
                 }
                 f.source = Some(value);
             }

@@ -53,6 +53,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/ready", get(health::ready))
         .route("/metrics", get(metrics::render))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             state.config.request_timeout,
@@ -72,6 +73,13 @@ pub fn router(state: SharedState) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
 }
 
 /// One problem with a request: which event (for bodies with several), which field, why.
@@ -102,6 +110,20 @@ impl ApiError {
 
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+
+    /// A failed query: 503 when the database is unreachable (retry later), 500 otherwise
+    /// (parameters are validated first, so anything else is a bug worth a loud answer).
+    pub fn from_db(e: sqlx::Error) -> Self {
+        if crate::store::is_transient(&e) {
+            Self::unavailable(format!("database unavailable: {e}"))
+        } else {
+            tracing::error!(error = %e, "query failed");
+            Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("query failed: {e}"),
+            )
+        }
     }
 
     /// 400 naming one field (a query parameter, or `body`).

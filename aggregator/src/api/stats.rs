@@ -31,7 +31,7 @@ pub async fn get_stats(State(state): State<SharedState>) -> Result<Json<Stats>, 
         .ok_or_else(|| ApiError::unavailable("starting up: database not connected yet"))?;
     let totals = queries::totals(store.pool())
         .await
-        .map_err(|e| ApiError::unavailable(format!("database unavailable: {e}")))?;
+        .map_err(ApiError::from_db)?;
     let pending = match state.jetstream() {
         Some(js) => broker::consumer_pending(&js, &state.config).await,
         None => None,

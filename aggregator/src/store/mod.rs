@@ -77,6 +77,22 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Records one more solo attempt at a suspect message; returns how many came before.
+    pub async fn record_suspect_attempt(&self, stream_id: i32, seq: i64) -> sqlx::Result<i32> {
+        sqlx::query_scalar(
+            "INSERT INTO suspect_attempts AS s (stream_id, stream_seq, attempts) VALUES ($1, $2, 1)
+             ON CONFLICT (stream_id, stream_seq)
+             DO UPDATE SET attempts = s.attempts + 1, last_at = now()
+             RETURNING attempts - 1",
+        )
+        .bind(stream_id)
+        .bind(seq)
+        .fetch_one(&self.pool)
+        .await
+    }
+}
+
 /// `CREATE DATABASE` when the target database does not exist yet. Several replicas may race
 /// here; losing the race is fine.
 async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
