@@ -353,19 +353,37 @@ fn validate_payload(payload: &RawValue, limits: &Limits) -> Result<(), Validatio
             format!("is nested more than {MAX_PAYLOAD_DEPTH} levels deep"),
         ));
     }
-    // Only when the text could hold an escaped NUL is it worth parsing the tree to be sure
-    // (`\\u0000` is a backslash followed by "u0000", which is fine).
-    if text.contains("u0000") {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| ValidationError::new("payload", e.to_string()))?;
-        if contains_nul(&value) {
-            return Err(ValidationError::new(
-                "payload",
-                "strings must not contain the NUL character (\\u0000)",
-            ));
-        }
+    if has_escaped_nul(text) {
+        return Err(ValidationError::new(
+            "payload",
+            "strings must not contain the NUL character (\\u0000)",
+        ));
+    }
+    // Numbers must be finite 64-bit floats and strings valid Unicode (no lone surrogates):
+    // what other JSON readers, and Postgres jsonb, can take. A full parse checks both.
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
+        return Err(ValidationError::new("payload", e.to_string()));
     }
     Ok(())
+}
+
+/// Whether valid JSON text holds a `\u0000` escape inside a string (an escaped backslash
+/// followed by `u0000` is not one). Scans the text as sent, so a NUL hidden under a duplicate
+/// key is found too.
+fn has_escaped_nul(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if b.get(i + 1) == Some(&b'u') && b.get(i + 2..i + 6) == Some(&b"0000"[..]) {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
 }
 
 /// Deepest array/object nesting of valid JSON text (brackets inside strings don't count).
@@ -392,15 +410,6 @@ fn nesting_depth(text: &str) -> usize {
         }
     }
     max
-}
-
-fn contains_nul(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(a) => a.iter().any(contains_nul),
-        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
-        _ => false,
-    }
 }
 
 /// Slow path: the fast decode failed; find out why, naming the field where possible.
@@ -512,6 +521,25 @@ mod tests {
         // An escaped backslash followed by u0000 is not a NUL.
         assert!(Event::from_json(
             &ev("t", "a", ok_ts, "s", r#"{"x":"\\u0000"}"#),
+            &Limits::default()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn payloads_postgres_cannot_store_are_rejected() {
+        let ts = "2026-11-23T10:30:45Z";
+        for payload in [
+            r#"{"a":"\u0000","a":1}"#,
+            r#"{"n":1e999999}"#,
+            r#"{"s":"\ud800"}"#,
+            r#"{"k\u0000":1}"#,
+        ] {
+            let e = Event::from_json(&ev("t", "a", ts, "s", payload), &Limits::default());
+            assert_eq!(e.unwrap_err().field, "payload", "{payload}");
+        }
+        assert!(Event::from_json(
+            &ev("t", "a", ts, "s", r#"{"n":1e300,"s":"\ud83d\ude00"}"#),
             &Limits::default()
         )
         .is_ok());
