@@ -18,6 +18,9 @@ CREATE TABLE events (
 CREATE INDEX events_ts_id_idx ON events (ts, id);
 CREATE INDEX events_topic_ts_id_idx ON events (topic, ts, id);
 CREATE INDEX events_source_ts_id_idx ON events (source, ts, id);
+-- RETENTION: find old rows by ingest time. BRIN: tiny and nearly free to maintain, since
+-- rows arrive in stored_at order.
+CREATE INDEX events_stored_at_brin ON events USING brin (stored_at);
 
 -- One row per JetStream stream incarnation. A deleted and re-created stream restarts its
 -- sequence numbers at 1, so processed messages are keyed by (stream incarnation, sequence).

@@ -134,6 +134,12 @@ pub struct Config {
     #[arg(long, env = "ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub ack_wait: Duration,
 
+    /// Keep events (and dead letters) this long after they were stored; unset keeps them
+    /// forever. The dedup horizon equals the retention: a copy of an event arriving after the
+    /// original was deleted is stored again.
+    #[arg(long, env = "RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+
     /// How often the processed-message record is compacted.
     #[arg(long, env = "COMPACT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub compact_interval: Duration,
@@ -198,9 +204,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         _ => {
             return Err(format!(
-                "{s:?} has unknown unit {unit:?} (use ms, s, m or h)"
+                "{s:?} has unknown unit {unit:?} (use ms, s, m, h or d)"
             ))
         }
     };
@@ -268,6 +275,7 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("-1s").is_err());

@@ -153,6 +153,7 @@ async fn run_pipeline(
     let compactor = tokio::spawn(compact_forever(
         store.clone(),
         cfg.compact_interval,
+        cfg.retention,
         shutdown.clone(),
     ));
     state.ready.store(true, Ordering::Release);
@@ -205,7 +206,13 @@ where
     }
 }
 
-async fn compact_forever(store: Store, every: Duration, shutdown: CancellationToken) {
+/// Housekeeping every `every`: compaction of the processed-message record, and retention.
+async fn compact_forever(
+    store: Store,
+    every: Duration,
+    retention: Option<Duration>,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -226,6 +233,13 @@ async fn compact_forever(store: Store, every: Duration, shutdown: CancellationTo
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(stream_id = id, deleted = n, "compacted processed record"),
                 Err(e) => tracing::debug!(error = %e, "compaction failed"),
+            }
+        }
+        if let Some(keep) = retention.and_then(|r| chrono::Duration::from_std(r).ok()) {
+            match compact::apply_retention(store.pool(), chrono::Utc::now() - keep, 5_000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "retention: deleted old events"),
+                Err(e) => tracing::warn!(error = %e, "retention failed"),
             }
         }
     }

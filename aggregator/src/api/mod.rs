@@ -8,11 +8,13 @@
 //! | `GET /stats` | [`stats`] |
 //! | `GET /health`, `GET /live`, `GET /ready` | [`health`] |
 //! | `GET /metrics` | [`metrics`] |
+//! | `GET /` (live dashboard page, no token) | [`dashboard`] |
 //!
 //! The API never writes SQL itself: it calls the `store` module. Every request gets a tracing
 //! span with method, path, status and latency.
 
 pub mod auth;
+pub mod dashboard;
 pub mod dead_letters;
 pub mod events;
 pub mod health;
@@ -52,6 +54,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/live", get(health::live))
         .route("/ready", get(health::ready))
         .route("/metrics", get(metrics::render))
+        .route("/", get(dashboard::page))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

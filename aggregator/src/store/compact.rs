@@ -67,3 +67,39 @@ pub async fn compact_stream(pool: &PgPool, stream_id: i32, chunk: i64) -> sqlx::
         }
     }
 }
+
+/// Deletes rows stored before `cutoff` from `events`, `dead_letters` and `suspect_attempts`,
+/// `chunk` rows per statement so no long lock is held. Counters are not touched: they are
+/// totals of what was received. Returns the events deleted.
+pub async fn apply_retention(
+    pool: &PgPool,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    chunk: i64,
+) -> sqlx::Result<u64> {
+    const STATEMENTS: [&str; 3] = [
+        "DELETE FROM events WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM events WHERE stored_at < $1 LIMIT $2))",
+        "DELETE FROM dead_letters WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM dead_letters WHERE created_at < $1 LIMIT $2))",
+        "DELETE FROM suspect_attempts WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM suspect_attempts WHERE last_at < $1 LIMIT $2))",
+    ];
+    let mut events_deleted = 0;
+    for (i, sql) in STATEMENTS.iter().enumerate() {
+        loop {
+            let n = sqlx::query(sql)
+                .bind(cutoff)
+                .bind(chunk)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            if i == 0 {
+                events_deleted += n;
+            }
+            if (n as i64) < chunk {
+                break;
+            }
+        }
+    }
+    Ok(events_deleted)
+}

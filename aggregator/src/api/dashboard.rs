@@ -1,0 +1,19 @@
+//! `GET /`: the live dashboard, one self-contained HTML page (inline CSS and JS, no external
+//! resources) compiled into the binary. It polls `/stats`, `/health`, `/events?limit=10` and
+//! `/dead-letters?limit=10` every 2 s from the browser; the page itself needs no token.
+
+use axum::http::header;
+use axum::response::IntoResponse;
+
+/// The page, `aggregator/assets/dashboard.html`.
+pub const PAGE: &str = include_str!("../../assets/dashboard.html");
+
+pub async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+}
