@@ -11,6 +11,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Binaries first: integration tests run the real `aggregator` and `publisher` processes.
 cargo build --workspace --bins
+# The tests use exactly these binaries (no rebuild from inside the test run).
+export IT_SKIP_BUILD=1
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else
