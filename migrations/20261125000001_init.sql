@@ -11,6 +11,8 @@ CREATE TABLE events (
     source      text        NOT NULL,
     payload     jsonb       NOT NULL,
     stored_at   timestamptz NOT NULL DEFAULT now(),
+    -- W3C trace context of the publish (NATS header `traceparent`), when it carried one.
+    traceparent text,
     id          bigint GENERATED ALWAYS AS IDENTITY,
     CONSTRAINT events_pkey PRIMARY KEY (topic, event_id)
 );

@@ -33,6 +33,23 @@ pub struct Delivery {
     pub delivered: i64,
     /// The decoded, validated event, or why it is invalid.
     pub decoded: Result<Event, String>,
+    /// The message's W3C `traceparent` header, when present and well formed.
+    pub traceparent: Option<String>,
+}
+
+/// A well-formed W3C `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`), lowercased.
+pub fn valid_traceparent(v: &str) -> Option<String> {
+    let parts: Vec<&str> = v.trim().split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1].bytes().any(|b| b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].bytes().any(|b| b != b'0')
+        && hex(parts[3], 2);
+    ok.then(|| v.trim().to_ascii_lowercase())
 }
 
 /// Which of `n` workers handles a message: by event key when it decodes, else by sequence.
@@ -145,6 +162,11 @@ pub async fn run(
                         &cfg.subject_prefix,
                         &limits,
                     );
+                    let traceparent = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("traceparent"))
+                        .and_then(|v| valid_traceparent(v.as_str()));
                     let tx = &txs[route(&decoded, seq, txs.len())];
                     // Wait for room in the buffer first, so that on shutdown the message is
                     // still in hand and can be returned.
@@ -166,6 +188,7 @@ pub async fn run(
                         published_unix,
                         delivered,
                         decoded,
+                        traceparent,
                     });
                 }
                 Some(Err(e)) => {

@@ -178,6 +178,24 @@ impl Worker {
             self.failpoint.after_commit();
             record_outcome_metrics(&self.state, outcome);
         }
+        // Follow one event from publish to commit: its trace context is on this event (and in
+        // its stored row). Debug level: cheap when disabled.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let how = match settled.durable {
+                Durable::Committed(_) => "committed",
+                Durable::Logged => "logged to WAL",
+            };
+            for r in &records {
+                tracing::debug!(
+                    topic = r.event.topic(),
+                    event_id = r.event.event_id(),
+                    stream_seq = r.seq,
+                    traceparent = r.traceparent.as_deref().unwrap_or(""),
+                    how,
+                    "event durable"
+                );
+            }
+        }
         record_batch_metrics(&group);
         let dead: HashSet<(i32, i64)> = settled.dead.into_iter().collect();
         for d in &group {
@@ -237,6 +255,7 @@ fn take_records(
                     stream_id: d.stream_id,
                     seq: d.seq,
                     event,
+                    traceparent: d.traceparent.take(),
                 });
                 continue;
             }

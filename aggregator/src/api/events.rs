@@ -24,6 +24,8 @@ pub struct EventItem {
     pub source: String,
     pub payload: Box<serde_json::value::RawValue>,
     pub stored_at: String,
+    /// W3C trace context the event was published with (null when it had none).
+    pub traceparent: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -68,6 +70,7 @@ fn item(r: StoredEvent) -> Option<EventItem> {
         source: r.source,
         payload,
         stored_at: r.stored_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        traceparent: r.traceparent,
     })
 }
 

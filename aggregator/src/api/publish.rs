@@ -80,6 +80,15 @@ pub async fn publish(
         },
     };
 
+    // W3C trace context: continue the caller's trace when it sent one, else start one; each
+    // event gets its own span id so it can be followed to its stored row.
+    let trace_id = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::intake::valid_traceparent)
+        .map(|t| t[3..35].to_owned())
+        .unwrap_or_else(|| random_hex(16));
+
     let Some(js) = state.jetstream().filter(|_| state.nats_up()) else {
         return Err(ApiError::unavailable("NATS is unavailable; retry later"));
     };
@@ -92,6 +101,10 @@ pub async fn publish(
             if let Some(k) = &key {
                 headers.insert("Nats-Msg-Id", format!("{k}:{i}").as_str());
             }
+            headers.insert(
+                "traceparent",
+                format!("00-{trace_id}-{}-01", random_hex(8)).as_str(),
+            );
             acks.push(
                 js.publish_with_headers(subject, headers, event.to_json().into())
                     .await?,
@@ -121,6 +134,16 @@ pub async fn publish(
         StatusCode::ACCEPTED,
         Json(serde_json::json!({"status": "accepted", "accepted": events.len()})),
     ))
+}
+
+/// `n` random bytes as lowercase hex (never all zeros, which W3C reserves as invalid).
+fn random_hex(n: usize) -> String {
+    loop {
+        let bytes: Vec<u8> = (0..n).map(|_| rand::random::<u8>()).collect();
+        if bytes.iter().any(|b| *b != 0) {
+            return bytes.iter().map(|b| format!("{b:02x}")).collect();
+        }
+    }
 }
 
 /// Parses and validates a publish body: 400 when it is not a JSON event, list of events or

@@ -19,7 +19,7 @@ use crate::store::batch::{DeadLetter, Record, MAX_DEAD_LETTER_BYTES};
 use crate::telemetry::names;
 use async_nats::jetstream;
 use futures::StreamExt;
-use shared::{Event, Limits};
+use shared::Limits;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -193,26 +193,28 @@ impl Monitor {
         };
         let prefix = &self.state.config.subject_prefix;
         let subject = msg.subject.to_string();
-        Ok(match Event::from_json(&msg.payload, &limits) {
-            Ok(event) if Some(event.topic()) == shared::subject::topic_of(prefix, &subject) => {
-                WalEntry::Event(Record {
+        let traceparent = msg
+            .headers
+            .get("traceparent")
+            .and_then(|v| crate::intake::valid_traceparent(v.as_str()));
+        Ok(
+            match crate::intake::decode(&msg.payload, &subject, prefix, &limits) {
+                Ok(event) => WalEntry::Event(Record {
                     stream_id: sid,
                     seq,
                     event,
-                })
-            }
-            other => WalEntry::Dead(DeadLetter {
-                stream_id: sid,
-                seq,
-                raw: msg.payload[..msg.payload.len().min(MAX_DEAD_LETTER_BYTES)].to_vec(),
-                raw_size: i32::try_from(msg.payload.len()).unwrap_or(i32::MAX),
-                reason: match other {
-                    Err(e) => e.to_string(),
-                    Ok(_) => format!("topic in the body does not match subject {subject:?}"),
-                },
-                subject,
-            }),
-        })
+                    traceparent,
+                }),
+                Err(reason) => WalEntry::Dead(DeadLetter {
+                    stream_id: sid,
+                    seq,
+                    raw: msg.payload[..msg.payload.len().min(MAX_DEAD_LETTER_BYTES)].to_vec(),
+                    raw_size: i32::try_from(msg.payload.len()).unwrap_or(i32::MAX),
+                    reason,
+                    subject,
+                }),
+            },
+        )
     }
 }
 

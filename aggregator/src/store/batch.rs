@@ -32,6 +32,9 @@ pub struct Record {
     /// Stream sequence of the message.
     pub seq: i64,
     pub event: Event,
+    /// W3C trace context the message was published with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// A stream message that could not be stored, with the reason.
@@ -82,8 +85,8 @@ impl BatchOutcome {
 const INSERT_EVENTS: &str = r#"
 WITH batch AS (
     SELECT * FROM unnest($2::int[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[],
-                         $7::text[], $8::text[])
-        AS b(stream_id, seq, topic, event_id, ts, source, payload)
+                         $7::text[], $8::text[], $9::text[])
+        AS b(stream_id, seq, topic, event_id, ts, source, payload, traceparent)
 ), fresh AS (
     INSERT INTO processed_messages (stream_id, stream_seq)
     SELECT b.stream_id, b.seq FROM batch b JOIN streams s ON s.id = b.stream_id
@@ -94,8 +97,8 @@ WITH batch AS (
 ), counted AS (
     SELECT b.* FROM batch b JOIN fresh f ON f.stream_id = b.stream_id AND f.stream_seq = b.seq
 ), stored AS (
-    INSERT INTO events (topic, event_id, ts, source, payload)
-    SELECT topic, event_id, ts, source, payload::jsonb FROM counted
+    INSERT INTO events (topic, event_id, ts, source, payload, traceparent)
+    SELECT topic, event_id, ts, source, payload::jsonb, traceparent FROM counted
     ORDER BY topic, event_id
     ON CONFLICT (topic, event_id) DO NOTHING
     RETURNING topic
@@ -168,6 +171,7 @@ pub async fn write_batch(
         let mut ts: Vec<DateTime<Utc>> = Vec::with_capacity(n);
         let mut sources = Vec::with_capacity(n);
         let mut payloads = Vec::with_capacity(n);
+        let mut traces = Vec::with_capacity(n);
         for r in records {
             stream_ids.push(r.stream_id);
             seqs.push(r.seq);
@@ -176,6 +180,7 @@ pub async fn write_batch(
             ts.push(r.event.timestamp());
             sources.push(r.event.source());
             payloads.push(r.event.payload_json());
+            traces.push(r.traceparent.as_deref());
         }
         let topics: Vec<TopicDelta> = sqlx::query_as(INSERT_EVENTS)
             .bind(shard)
@@ -186,6 +191,7 @@ pub async fn write_batch(
             .bind(&ts)
             .bind(&sources)
             .bind(&payloads)
+            .bind(&traces)
             .fetch_all(&mut *tx)
             .await?;
         outcome.received = topics.iter().map(|t| t.received).sum();

@@ -73,6 +73,7 @@ pub struct StoredEvent {
     /// The payload as JSON text (not parsed: it is passed through to the client as is).
     pub payload: String,
     pub stored_at: chrono::DateTime<chrono::Utc>,
+    pub traceparent: Option<String>,
 }
 
 /// Events newest timestamp first (ties: newest ingest first), by keyset pagination. Only the
@@ -80,8 +81,8 @@ pub struct StoredEvent {
 /// the matching `(…, ts, id)` index.
 pub async fn list_events(pool: &PgPool, f: &EventFilter) -> sqlx::Result<Vec<StoredEvent>> {
     let mut q = sqlx::QueryBuilder::new(
-        "SELECT id, topic, event_id, ts, source, payload::text AS payload, stored_at \
-         FROM events WHERE true",
+        "SELECT id, topic, event_id, ts, source, payload::text AS payload, stored_at, \
+         traceparent FROM events WHERE true",
     );
     if let Some(topic) = &f.topic {
         q.push(" AND topic = ").push_bind(topic);
