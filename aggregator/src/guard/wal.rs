@@ -927,6 +927,7 @@ mod tests {
             stream_id: 3,
             seq,
             event,
+            traceparent: None,
         })
     }
 
@@ -1075,6 +1076,7 @@ mod tests {
             stream_id: 1,
             seq: 1,
             event: sent_event,
+            traceparent: None,
         };
         wal.append(&[WalEntry::Event(record.clone()), event(2)])
             .unwrap();
