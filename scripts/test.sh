@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-deps.sh
+scripts/install-deps.sh --test
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Binaries first: integration tests run the real `aggregator` and `publisher` processes.

@@ -1,0 +1,150 @@
+//! A real Prometheus scrapes the aggregator's /metrics; its query API must report the dedup
+//! and WAL series with the values /stats reports.
+
+use integration_tests::{eventually, free_port, run_publisher, Aggregator, TempDir, TestEnv};
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn prometheus_binary() -> String {
+    for candidate in ["/usr/bin/prometheus", "prometheus"] {
+        if Command::new(candidate)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return candidate.to_owned();
+        }
+    }
+    panic!("prometheus is not installed: run scripts/install-deps.sh (Debian package prometheus)");
+}
+
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+    _dir: TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_prometheus(target: &str) -> Prometheus {
+    let dir = TempDir::new("prometheus");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: aggregator\n    \
+             metrics_path: /metrics\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let child = Command::new(prometheus_binary())
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start prometheus");
+    Prometheus {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+/// The single value of an instant query, if Prometheus has one.
+async fn query(http: &reqwest::Client, prom: &str, q: &str) -> Option<f64> {
+    let resp: Value = http
+        .get(format!("{prom}/api/v1/query"))
+        .query(&[("query", q)])
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    resp["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_dedup_and_wal_series_that_stats_reports() {
+    let env = TestEnv::start().await;
+    let mut agg = Aggregator::spawn(&env, &[]).await;
+    let target = agg.base_url().trim_start_matches("http://").to_owned();
+    let prom = start_prometheus(&target);
+
+    run_publisher(
+        &env,
+        &[
+            "--count",
+            "2000",
+            "--duplicate-rate",
+            "0.3",
+            "--topics",
+            "4",
+            "--seed",
+            "8",
+        ],
+    )
+    .await;
+    let stats = agg.wait_until_received(2000).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let expect = [
+        (
+            "sum(aggregator_events_received_total)",
+            stats["received"].as_f64().unwrap(),
+        ),
+        (
+            "sum(aggregator_events_unique_total)",
+            stats["unique_processed"].as_f64().unwrap(),
+        ),
+        (
+            "sum(aggregator_events_duplicate_total)",
+            stats["duplicate_dropped"].as_f64().unwrap(),
+        ),
+        (
+            "aggregator_wal_records",
+            stats["wal_record_count"].as_f64().unwrap(),
+        ),
+        ("aggregator_circuit_breaker_state", 0.0),
+    ];
+    assert_eq!(expect[0].1, 2000.0);
+    assert_eq!(expect[2].1, 600.0);
+    eventually(
+        "Prometheus reports what /stats reports",
+        Duration::from_secs(60),
+        || async {
+            let mut all = true;
+            for (q, want) in &expect {
+                all &= query(&http, &prom.url, q).await == Some(*want);
+            }
+            all
+        },
+    )
+    .await;
+    // Per topic too.
+    for t in stats["topics"].as_array().unwrap() {
+        let q = format!(
+            "aggregator_events_received_total{{topic=\"{}\"}}",
+            t["topic"].as_str().unwrap()
+        );
+        assert_eq!(
+            query(&http, &prom.url, &q).await,
+            t["received"].as_f64(),
+            "{q}"
+        );
+    }
+}
