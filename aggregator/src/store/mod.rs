@@ -34,6 +34,10 @@ impl Store {
         let options = PgConnectOptions::from_str(database_url)
             .context("DATABASE_URL is not a valid PostgreSQL URL")?
             .application_name("aggregator")
+            // Every statement here has the same good plan whatever its parameters (batch
+            // writes over UNNEST arrays, index lookups): plan once per connection instead of
+            // re-planning each batch (planning was ~15% of a batch write).
+            .options([("plan_cache_mode", "force_generic_plan")])
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
         create_database_if_missing(&options).await?;
