@@ -64,6 +64,7 @@ fn is_stale(bin: &Path, package: &str) -> bool {
     let mut newest = None;
     for p in [
         root.join(package).join("src"),
+        root.join(package).join("assets"),
         root.join(package).join("Cargo.toml"),
         root.join(package).join("build.rs"),
         root.join("shared").join("src"),
