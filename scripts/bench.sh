@@ -12,7 +12,8 @@
 #   6. WAL       append rate while Postgres is down, replay rate once it is back
 # It prints a table and writes the same figures as JSON.
 #
-#   scripts/bench.sh [--events N] [--json PATH] [--replicas 1|2]
+#   scripts/bench.sh [--events N] [--json PATH]
+#   scripts/bench.sh --replicas [--events N]   # drain with 1 and with 2 aggregator replicas
 #
 # synchronous_commit stays on and the WAL is fsynced: durability is not traded for speed.
 set -euo pipefail
@@ -20,8 +21,10 @@ cd "$(dirname "$0")/.."
 source scripts/lib/stack.sh
 
 N=300000 JSON=bench-results/bench.json LIVE_N=300000 LAG_N=50000 WAL_N=100000 BASE_SECS=20
+REPLICAS_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --replicas) REPLICAS_ONLY=1; shift ;;
     --events) N=$2; LIVE_N=$2; shift 2 ;;
     --json) JSON=$2; shift 2 ;;
     --wal-events) WAL_N=$2; shift 2 ;;
@@ -49,6 +52,39 @@ wait_received() { # target
 }
 publish() { "$PUB" --nats-url "$NATS_URL" --summary json --no-progress --topics 10 --duplicate-rate 0.3 "$@"; }
 AGG_ENV=(RUST_LOG=warn)
+
+if [ "$REPLICAS_ONLY" = 1 ]; then
+  # Same Postgres, same NATS; a separate stream, subject prefix and database per run.
+  declare -A RATES
+  for R in 1 2; do
+    run_env=(STREAM_NAME="R$R" SUBJECT_PREFIX="r$R"
+             DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/replicas_$R")
+    HTTP_PORT=$(free_port) agg_up "$AGG" "${AGG_ENV[@]}" "${run_env[@]}"
+    kill -TERM "$AGG_PID"; wait "$AGG_PID" || true
+    "$PUB" --nats-url "$NATS_URL" --subject-prefix "r$R" --summary json --no-progress \
+      --topics 10 --duplicate-rate 0.3 --count "$N" --seed 5 >/dev/null
+    pids=() urls=()
+    t0=$(now)
+    for i in $(seq "$R"); do
+      HTTP_PORT=$(free_port) WAL_PATH="$DIR/wal-r$R-$i" agg_up "$AGG" "${AGG_ENV[@]}" "${run_env[@]}"
+      pids+=("$AGG_PID"); urls+=("$AGG_URL")
+    done
+    while :; do
+      r=$(curl -fsS "${urls[0]}/stats" | json_num received || echo 0)
+      [ "${r:-0}" -ge "$N" ] && break; sleep 0.05
+    done
+    t1=$(now)
+    RATES[$R]=$(rate "$N" "$(elapsed "$t0" "$t1")")
+    echo "   $R replica(s): $N events drained at ${RATES[$R]} events/s" >&2
+    for p in "${pids[@]}"; do kill -TERM "$p"; wait "$p" || true; done
+    AGG_PID=""
+  done
+  printf '\n%-44s %14s\n' "drain with 1 aggregator (events/s)" "${RATES[1]}"
+  printf '%-44s %14s\n' "drain with 2 aggregators (events/s)" "${RATES[2]}"
+  printf '%-44s %14s\n' "speed-up" "$(printf '%.2f' "$(echo "${RATES[2]} / ${RATES[1]}" | bc -l)")x"
+  echo "{\"events\": $N, \"replicas_1_events_per_s\": ${RATES[1]}, \"replicas_2_events_per_s\": ${RATES[2]}}" >"${JSON%.json}-replicas.json"
+  exit 0
+fi
 
 echo "== drain: $N events pre-loaded (30% duplicates, 10 topics)" >&2
 # Start once to create database, stream and consumer; stop; pre-load; start and time.

@@ -18,3 +18,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+# docker-compose.yml validated offline (no Docker engine needed), and a short k6 load test
+# with its thresholds (failure rate, p95) against a private stack (port 1 never answers, so
+# k6.sh brings up its own nats-server, Postgres and aggregator).
+scripts/validate-compose.sh
+BASE_URL=http://127.0.0.1:1 scripts/k6.sh publish --short

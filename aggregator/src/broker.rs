@@ -19,11 +19,17 @@ pub struct Subscription {
 }
 
 pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
+    // A cluster is a comma-separated list; the client fails over between its servers.
+    let servers = shared::subject::nats_servers(&config.nats_url)
+        .into_iter()
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("NATS_URL: {:?} is not a list of NATS URLs", config.nats_url))?;
     async_nats::ConnectOptions::new()
         .name("aggregator")
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .connect(config.nats_url.as_str())
+        .connect(servers)
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats_url))
 }

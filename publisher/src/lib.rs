@@ -4,9 +4,10 @@
 //!
 //! * [`Config`]: the run's settings, parsed from the command line (`publisher --help`).
 //! * [`simulator`]: turns a seed into the run's sends (which are duplicates, of what).
-//! * `sender`: delivers sends with retries (JetStream with `Nats-Msg-Id`, or HTTP batches).
-//! * [`run`]: drives a run (pacing, bounded in-flight window, progress on stderr) and
-//!   returns its [`Summary`].
+//! * `sender`: delivers sends with retries (JetStream with `Nats-Msg-Id`, or HTTP batches),
+//!   each with a W3C `traceparent` (`trace`).
+//! * [`run`]: drives a run (pacing, bounded in-flight window, progress on stderr: a bar on a
+//!   terminal, a plain line a second otherwise, see [`progress`]) and returns its [`Summary`].
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -17,17 +18,21 @@
 //! # }
 //! ```
 
+pub mod progress;
 pub mod simulator;
 
 mod pacer;
 mod sender;
+mod trace;
 
 use anyhow::Context as _;
 use futures::stream::{FuturesUnordered, StreamExt};
 use pacer::Pacer;
+use progress::Mode as ProgressMode;
 use sender::{Outcome, Sink};
 use serde::Serialize;
 use simulator::Simulator;
+use std::io::IsTerminal as _;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
@@ -54,7 +59,7 @@ pub enum Via {
 /// How the summary is printed on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SummaryFormat {
-    /// A short human-readable table.
+    /// A table of the counts, for people.
     Text,
     /// Exactly one JSON object and nothing else.
     Json,
@@ -66,7 +71,8 @@ pub enum SummaryFormat {
     name = "publisher",
     version,
     about = "Publish simulated satellite telemetry, with an exact share of intentional \
-             duplicates, to JetStream or to the aggregator's POST /publish."
+             duplicates, to JetStream or to the aggregator's POST /publish.",
+    after_help = examples_help()
 )]
 pub struct Config {
     /// Total sends: new events plus intentional duplicates.
@@ -134,7 +140,8 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub summary: SummaryFormat,
 
-    /// Do not print progress lines on stderr.
+    /// Show no progress on stderr (by default a progress bar on a terminal, otherwise a
+    /// plain line about once a second).
     #[arg(long = "no-progress", action = clap::ArgAction::SetFalse)]
     pub progress: bool,
 }
@@ -160,6 +167,29 @@ impl Default for Config {
             progress: true,
         }
     }
+}
+
+/// The examples shown after the options by `--help`.
+const EXAMPLES: &str = "\
+\x20 # 20,000 events, 30% of them intentional duplicates, over 10 topics, reproducible shape
+  publisher --count 20000 --duplicate-rate 0.3 --topics 10 --seed 42
+
+  # Paced at 2,000 events per second
+  publisher --count 150000 --duplicate-rate 0.3 --rate 2000 --seed 42
+
+  # Through the aggregator's POST /publish, with a bearer token (or set API_TOKEN)
+  publisher --via http --url http://127.0.0.1:8080 --api-token \"$API_TOKEN\" --count 5000
+
+  # For scripts: exactly one JSON object on stdout, nothing else
+  publisher --count 20000 --duplicate-rate 0.3 --summary json --no-progress
+  # {\"published\":20000,\"unique\":14000,\"duplicates\":6000,\"failed\":0,
+  #  \"elapsed_s\":1.234,\"events_per_s\":16207.5}";
+
+/// "Examples:" styled like clap's own headings (clap drops the styling when stdout is not a
+/// terminal), then [`EXAMPLES`].
+fn examples_help() -> String {
+    let heading = *clap::builder::styling::Styles::default().get_header();
+    format!("{heading}Examples:{heading:#}\n{EXAMPLES}")
 }
 
 fn parse_duplicate_rate(s: &str) -> Result<f64, String> {
@@ -237,6 +267,9 @@ pub struct Summary {
     /// Sends planned (`--count`).
     #[serde(skip)]
     pub count: u64,
+    /// JetStream publishes attempted again after a failed attempt; `None` with `--via http`.
+    #[serde(skip)]
+    pub retries: Option<u64>,
     /// This run's id, the prefix of every `Nats-Msg-Id`.
     #[serde(skip)]
     pub run_id: String,
@@ -252,25 +285,40 @@ impl Summary {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// The `--summary text` table.
+    /// The `--summary text` table: a line naming the run, then one row per figure.
+    ///
+    /// ```text
+    /// run 0197a3c4-5b1e-7c2d-9f00-123456789abc, seed 42, 20,000 planned
+    /// metric          value
+    /// -----------  --------
+    /// published      20,000
+    /// unique         14,000
+    /// duplicates      6,000
+    /// failed              0
+    /// retries             3
+    /// elapsed (s)     1.234
+    /// events/s     16,207.5
+    /// ```
+    ///
+    /// `retries` (JetStream publishes attempted again) appears only for `--via nats`.
     pub fn to_text(&self) -> String {
+        let mut rows: Vec<[String; 2]> = vec![
+            ["published".into(), group_thousands(self.published)],
+            ["unique".into(), group_thousands(self.unique)],
+            ["duplicates".into(), group_thousands(self.duplicates)],
+            ["failed".into(), group_thousands(self.failed)],
+        ];
+        if let Some(retries) = self.retries {
+            rows.push(["retries".into(), group_thousands(retries)]);
+        }
+        rows.push(["elapsed (s)".into(), format!("{:.3}", self.elapsed_s)]);
+        rows.push(["events/s".into(), format_rate(self.events_per_s)]);
         format!(
-            "run {run} (seed {seed})\n\
-             published   {published:>10} of {count}\n\
-             \x20 unique    {unique:>10}\n\
-             \x20 duplicates{duplicates:>10}\n\
-             failed      {failed:>10}\n\
-             elapsed     {elapsed:>10.3} s\n\
-             throughput  {rate:>10.0} events/s",
-            run = self.run_id,
-            seed = self.seed,
-            published = self.published,
-            count = self.count,
-            unique = self.unique,
-            duplicates = self.duplicates,
-            failed = self.failed,
-            elapsed = self.elapsed_s,
-            rate = self.events_per_s,
+            "run {}, seed {}, {} planned\n{}",
+            self.run_id,
+            self.seed,
+            group_thousands(self.count),
+            render_table(["metric", "value"], &rows)
         )
     }
 
@@ -278,6 +326,47 @@ impl Summary {
     pub fn is_success(&self) -> bool {
         self.failed == 0 && self.aborted.is_none() && self.published == self.count
     }
+}
+
+/// A two-column table: labels left-aligned, values right-aligned, a header and a rule under
+/// it; no trailing spaces.
+fn render_table(header: [&str; 2], rows: &[[String; 2]]) -> String {
+    let width = |col: usize| {
+        rows.iter()
+            .map(|r| r[col].chars().count())
+            .chain(std::iter::once(header[col].chars().count()))
+            .max()
+            .unwrap_or(0)
+    };
+    let (w0, w1) = (width(0), width(1));
+    let mut out = format!("{:<w0$}  {:>w1$}\n", header[0], header[1]);
+    out.push_str(&format!("{}  {}", "-".repeat(w0), "-".repeat(w1)));
+    for [label, value] in rows {
+        out.push_str(&format!("\n{label:<w0$}  {value:>w1$}"));
+    }
+    out
+}
+
+/// `20000` as `20,000`.
+fn group_thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A rate with one decimal and grouped thousands: `16207.53` as `16,207.5`.
+fn format_rate(rate: f64) -> String {
+    if !rate.is_finite() || rate < 0.0 {
+        return format!("{rate:.1}");
+    }
+    let tenths = (rate * 10.0).round() as u64;
+    format!("{}.{}", group_thousands(tenths / 10), tenths % 10)
 }
 
 /// Runs one publishing session: connects, sends `config.count` events (pacing them to
@@ -312,9 +401,12 @@ pub async fn run(config: Config) -> anyhow::Result<Summary> {
 
     let started = Instant::now();
     let mut pacer = Pacer::new(config.rate);
-    let mut progress =
+    let mode = ProgressMode::choose(config.progress, std::io::stderr().is_terminal());
+    // Cleared from the screen when dropped, however this function returns.
+    let bar = (mode == ProgressMode::Bar).then(|| progress::Bar::new(config.count));
+    let mut progress_tick =
         tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
-    progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    progress_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let (mut last_tick, mut last_published) = (started, 0u64);
 
     let chunk = sink.chunk_size();
@@ -336,12 +428,15 @@ pub async fn run(config: Config) -> anyhow::Result<Summary> {
                     warn!(in_flight = in_flight.len(), "stopping the run: {reason}");
                 }
                 tally.add(outcome);
+                if let Some(bar) = &bar {
+                    bar.update(tally.unique + tally.duplicates, tally.failed);
+                }
             }
-            now = progress.tick(), if config.progress => {
+            now = progress_tick.tick(), if mode == ProgressMode::Lines => {
                 let published = tally.unique + tally.duplicates;
                 let secs = now.duration_since(last_tick).as_secs_f64();
                 let rate = if secs > 0.0 { (published - last_published) as f64 / secs } else { 0.0 };
-                eprintln!("published {published}/{} ({rate:.0} ev/s)", config.count);
+                eprintln!("{}", progress::line(published, config.count, rate));
                 (last_tick, last_published) = (now, published);
             }
             () = pacer.wait(), if can_issue => {
@@ -364,6 +459,7 @@ pub async fn run(config: Config) -> anyhow::Result<Summary> {
     }
 
     let elapsed = started.elapsed().as_secs_f64();
+    drop(bar);
     // Sends never attempted because the run stopped are given up on too.
     let failed = tally.failed + sim.remaining();
     let published = tally.unique + tally.duplicates;
@@ -381,6 +477,7 @@ pub async fn run(config: Config) -> anyhow::Result<Summary> {
         events_per_s: (events_per_s * 10.0).round() / 10.0,
         seed,
         count: config.count,
+        retries: (config.via == Via::Nats).then_some(tally.retries),
         run_id,
         aborted: tally.fatal,
     })
@@ -454,6 +551,7 @@ mod tests {
             events_per_s: 20.0,
             seed: 1,
             count: 10,
+            retries: Some(2),
             run_id: "r".into(),
             aborted: None,
         };
@@ -463,6 +561,108 @@ mod tests {
         );
         assert!(s.is_success());
         assert!(s.to_text().contains("duplicates"));
+    }
+
+    fn sample_summary() -> Summary {
+        Summary {
+            published: 20_000,
+            unique: 14_000,
+            duplicates: 6_000,
+            failed: 0,
+            elapsed_s: 1.234,
+            events_per_s: 16_207.5,
+            seed: 42,
+            count: 20_000,
+            retries: Some(3),
+            run_id: "0197a3c4-5b1e-7c2d-9f00-123456789abc".into(),
+            aborted: None,
+        }
+    }
+
+    #[test]
+    fn text_summary_is_an_aligned_table() {
+        let text = sample_summary().to_text();
+        assert_eq!(
+            text,
+            "run 0197a3c4-5b1e-7c2d-9f00-123456789abc, seed 42, 20,000 planned\n\
+             metric          value\n\
+             -----------  --------\n\
+             published      20,000\n\
+             unique         14,000\n\
+             duplicates      6,000\n\
+             failed              0\n\
+             retries             3\n\
+             elapsed (s)     1.234\n\
+             events/s     16,207.5"
+        );
+        // Every row of the table ends in the same column, and none has trailing spaces.
+        let table: Vec<&str> = text.lines().skip(1).collect();
+        let width = table[0].len();
+        assert!(table.iter().all(|l| l.len() == width), "{text}");
+        assert!(text.lines().all(|l| l == l.trim_end()));
+    }
+
+    #[test]
+    fn text_summary_shows_retries_only_for_nats() {
+        let http = Summary {
+            retries: None,
+            ..sample_summary()
+        };
+        assert!(!http.to_text().contains("retries"));
+        assert!(sample_summary().to_text().contains("\nretries "));
+        // The JSON object is the contract either way: retries is never in it.
+        assert_eq!(http.to_json(), sample_summary().to_json());
+        assert!(!http.to_json().contains("retries"));
+    }
+
+    #[test]
+    fn table_columns_grow_with_their_widest_cell() {
+        let rows = [
+            ["a".to_owned(), "1".to_owned()],
+            ["a much longer label".to_owned(), "123,456,789".to_owned()],
+        ];
+        let t = render_table(["metric", "value"], &rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "metric                     value");
+        assert_eq!(lines[1], "-------------------  -----------");
+        assert_eq!(lines[2], "a                              1");
+        assert_eq!(lines[3], "a much longer label  123,456,789");
+        assert_eq!(
+            render_table(["metric", "value"], &[]),
+            "metric  value\n------  -----"
+        );
+    }
+
+    #[test]
+    fn numbers_are_grouped_by_thousands() {
+        assert_eq!(group_thousands(0), "0");
+        assert_eq!(group_thousands(999), "999");
+        assert_eq!(group_thousands(1_000), "1,000");
+        assert_eq!(group_thousands(20_000), "20,000");
+        assert_eq!(group_thousands(1_234_567), "1,234,567");
+        assert_eq!(group_thousands(u64::MAX), "18,446,744,073,709,551,615");
+        assert_eq!(format_rate(0.0), "0.0");
+        assert_eq!(format_rate(3.25), "3.3");
+        assert_eq!(format_rate(16_207.53), "16,207.5");
+        assert_eq!(format_rate(999.96), "1,000.0");
+    }
+
+    #[test]
+    fn help_ends_with_examples() {
+        use clap::CommandFactory;
+        let help = Config::command().render_help().to_string();
+        let examples = help.split("Examples:").nth(1).expect("an Examples section");
+        for needle in [
+            "--count 20000 --duplicate-rate 0.3 --topics 10 --seed 42",
+            "--rate 2000",
+            "--via http --url http://127.0.0.1:8080 --api-token",
+            "--summary json",
+        ] {
+            assert!(
+                examples.contains(needle),
+                "{needle:?} missing from:\n{help}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -16,6 +16,11 @@
 //! carries an `Idempotency-Key: <run-id>-<first index>` header, reused on retries, for a server
 //! that wants to de-duplicate retried requests.
 //!
+//! **Tracing.** Every JetStream message carries a W3C `traceparent` header, fresh per logical
+//! send (an intentional duplicate gets its own), and every `POST /publish` batch carries one
+//! as an HTTP header; retries reuse it, like the message id or idempotency key. See
+//! [`crate::trace`].
+//!
 //! A send given up after its retries also stops the run (the target stayed unavailable for
 //! the whole retry budget, so the rest would fail the same way): see [`Outcome::fatal`].
 
@@ -52,6 +57,8 @@ pub(crate) struct Outcome {
     pub duplicates: u64,
     /// Sends given up on.
     pub failed: u64,
+    /// JetStream publishes attempted again after a failed attempt (0 over HTTP).
+    pub retries: u64,
     /// Set when the run should stop: the reason, one line.
     pub fatal: Option<String>,
 }
@@ -78,6 +85,7 @@ impl Outcome {
         self.unique += other.unique;
         self.duplicates += other.duplicates;
         self.failed += other.failed;
+        self.retries += other.retries;
         if self.fatal.is_none() {
             self.fatal = other.fatal;
         }
@@ -182,10 +190,16 @@ fn no_stream_message(subject: &str, prefix: &str) -> String {
 impl NatsSink {
     async fn connect(config: &Config, topics: &[String], run_id: &str) -> anyhow::Result<Self> {
         let url = config.nats_url.as_str();
+        // A cluster is a comma-separated list of servers.
+        let servers = shared::subject::nats_servers(url)
+            .into_iter()
+            .map(|u| u.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{url:?} is not a list of NATS URLs"))?;
         let client = async_nats::ConnectOptions::new()
             .name("publisher")
             .connection_timeout(CONNECT_TIMEOUT)
-            .connect(url)
+            .connect(servers)
             .await
             .with_context(|| format!("cannot connect to NATS at {url}"))?;
         let js = async_nats::jetstream::new(client);
@@ -222,11 +236,16 @@ impl NatsSink {
             return Outcome::failed(std::slice::from_ref(&s), Some(reason));
         };
         let msg_id = format!("{}-{}", self.run_id, s.index);
+        let traceparent = crate::trace::new_traceparent();
         let mut backoff = Backoff::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.publish_once(subject, &msg_id, s.bytes.clone()).await {
+            let result = self
+                .publish_once(subject, &msg_id, &traceparent, s.bytes.clone())
+                .await;
+            let retries = u64::from(attempt - 1);
+            match result {
                 Ok(ack) => {
                     if ack.duplicate {
                         // An earlier attempt was stored after all; the stream holds it once.
@@ -236,7 +255,10 @@ impl NatsSink {
                             "retry de-duplicated by JetStream"
                         );
                     }
-                    return Outcome::accepted(std::slice::from_ref(&s));
+                    return Outcome {
+                        retries,
+                        ..Outcome::accepted(std::slice::from_ref(&s))
+                    };
                 }
                 Err(e) => {
                     let no_stream = e.kind() == PublishErrorKind::StreamNotFound;
@@ -255,7 +277,10 @@ impl NatsSink {
                             )
                         };
                         debug!(msg_id, %subject, error = %e, attempt, "giving up on send");
-                        return Outcome::failed(std::slice::from_ref(&s), Some(reason));
+                        return Outcome {
+                            retries,
+                            ..Outcome::failed(std::slice::from_ref(&s), Some(reason))
+                        };
                     }
                     let delay = backoff.next_delay();
                     debug!(msg_id, %subject, error = %e, attempt, ?delay, "publish failed; retrying");
@@ -269,6 +294,7 @@ impl NatsSink {
         &self,
         subject: &Subject,
         msg_id: &str,
+        traceparent: &str,
         payload: Bytes,
     ) -> Result<
         async_nats::jetstream::publish::PublishAck,
@@ -276,6 +302,7 @@ impl NatsSink {
     > {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+        headers.insert(crate::trace::HEADER, traceparent);
         self.js
             .publish_with_headers(subject.clone(), headers, payload)
             .await?
@@ -334,12 +361,16 @@ impl HttpSink {
             return Outcome::default();
         };
         let key = format!("{}-{}", self.run_id, first.index);
+        let traceparent = crate::trace::new_traceparent();
         let body = json_array(&sends);
         let mut backoff = Backoff::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.post_once(&key, body.clone(), sends.len()).await {
+            match self
+                .post_once(&key, &traceparent, body.clone(), sends.len())
+                .await
+            {
                 Ok(()) => return Outcome::accepted(&sends),
                 Err(Attempt::Reject(reason)) => {
                     error!(endpoint = %self.endpoint, "{reason}");
@@ -367,12 +398,19 @@ impl HttpSink {
         }
     }
 
-    async fn post_once(&self, key: &str, body: Bytes, len: usize) -> Result<(), Attempt> {
+    async fn post_once(
+        &self,
+        key: &str,
+        traceparent: &str,
+        body: Bytes,
+        len: usize,
+    ) -> Result<(), Attempt> {
         let mut request = self
             .client
             .post(&self.endpoint)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("Idempotency-Key", key)
+            .header(crate::trace::HEADER, traceparent)
             .body(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);

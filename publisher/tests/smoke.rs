@@ -3,8 +3,8 @@
 //! server: `cargo test -p publisher --test smoke -- --ignored`.
 //!
 //! Each test creates a throwaway stream on a unique subject prefix, runs the binary with
-//! `--summary json`, checks the stream holds exactly `published` messages, and deletes the
-//! stream again.
+//! `--summary json`, checks the stream holds exactly `published` messages (and, in one test,
+//! that each carries its own W3C `traceparent` header), and deletes the stream again.
 
 use async_nats::jetstream;
 use std::process::Command;
@@ -139,4 +139,71 @@ async fn a_stream_missing_some_topics_stops_the_run_with_exact_counts() {
     assert_eq!(field("published") + field("failed"), 3000);
     assert_eq!(field("unique") + field("duplicates"), field("published"));
     assert_eq!(messages, field("published"));
+}
+
+#[tokio::test]
+#[ignore = "needs a NATS server with JetStream"]
+async fn every_stream_message_carries_its_own_traceparent() {
+    use futures::StreamExt;
+    use std::collections::{HashMap, HashSet};
+
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = jetstream::new(client);
+    let prefix = unique_prefix();
+    let name = prefix.to_uppercase();
+    let mut stream = js
+        .create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let output = publisher(
+        &prefix,
+        &["--count", "1000", "--duplicate-rate", "0.3", "--seed", "7"],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let n = stream.info().await.unwrap().state.messages;
+    assert_eq!(n, 1000);
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap().take(n as usize);
+    let mut traceparents = HashSet::new();
+    // Body -> the traceparents it was sent with: an intentional duplicate has its own.
+    let mut by_body: HashMap<Vec<u8>, HashSet<String>> = HashMap::new();
+    while let Some(msg) = messages.next().await {
+        let msg = msg.unwrap();
+        msg.ack().await.unwrap();
+        let tp = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .map(|v| v.as_str().to_owned())
+            .expect("a traceparent header");
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts.len(), 4, "{tp}");
+        assert_eq!((parts[0], parts[3]), ("00", "01"), "{tp}");
+        assert_eq!((parts[1].len(), parts[2].len()), (32, 16), "{tp}");
+        assert!(
+            tp.bytes()
+                .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{tp}"
+        );
+        assert!(traceparents.insert(tp.clone()), "repeated {tp}");
+        by_body.entry(msg.payload.to_vec()).or_default().insert(tp);
+    }
+    js.delete_stream(&name).await.unwrap();
+
+    assert_eq!(traceparents.len(), 1000);
+    // 300 intentional duplicates: the 700 distinct bodies hold all 1000 distinct traceparents.
+    assert_eq!(by_body.len(), 700);
+    assert_eq!(by_body.values().map(HashSet::len).sum::<usize>(), 1000);
 }

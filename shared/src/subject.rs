@@ -4,6 +4,15 @@
 //! [`crate::event::validate_topic`]), so the mapping is a plain concatenation and its inverse
 //! a prefix strip.
 
+/// Splits a NATS URL setting into its servers: `NATS_URL` may list a cluster's nodes
+/// separated by commas (`nats://a:4222,nats://b:4222`).
+pub fn nats_servers(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
 /// Default subject prefix (`SUBJECT_PREFIX`).
 pub const DEFAULT_PREFIX: &str = "events";
 
@@ -32,6 +41,15 @@ pub fn topic_of<'a>(prefix: &str, subject: &'a str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_lists_split_on_commas() {
+        assert_eq!(nats_servers("nats://a:1"), vec!["nats://a:1"]);
+        assert_eq!(
+            nats_servers("nats://a:1, nats://b:2,,nats://c:3"),
+            vec!["nats://a:1", "nats://b:2", "nats://c:3"]
+        );
+    }
 
     #[test]
     fn subject_round_trip() {
