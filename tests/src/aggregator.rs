@@ -343,6 +343,23 @@ impl Aggregator {
     }
 
     /// `GET /stats`; panics with the body on a non-200 answer.
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.http()
+            .get(format!("{}/metrics", self.base_url()))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("GET /metrics body")
+    }
+
+    /// A metric of `GET /metrics`, summed over its label sets (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        crate::util::metric_sum(&self.metrics_text().await, name)
+    }
+
     pub async fn stats(&self) -> Value {
         let (status, body) = self.get("/stats").await;
         assert!(

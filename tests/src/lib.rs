@@ -19,6 +19,7 @@
 
 pub mod aggregator;
 pub mod binaries;
+pub mod cluster;
 pub mod env;
 pub mod nats;
 pub mod postgres;
@@ -27,8 +28,9 @@ pub mod util;
 
 pub use aggregator::Aggregator;
 pub use binaries::{aggregator_bin, publisher_bin, workspace_root};
+pub use cluster::NatsCluster;
 pub use env::{TestEnv, AGGREGATOR_DB};
 pub use nats::Nats;
 pub use postgres::Postgres;
 pub use publish::{event_json, publish_raw, run_publisher, run_publisher_at};
-pub use util::{eventually, file_tail, free_port, TempDir};
+pub use util::{create_stream, eventually, file_tail, free_port, int, metric_sum, TempDir};

@@ -370,3 +370,34 @@ pub(crate) async fn tcp_accepts(port: u16) -> bool {
         Ok(Ok(_))
     )
 }
+
+/// An integer field of a JSON object, panicking with the object when it is missing.
+pub fn int(v: &serde_json::Value, field: &str) -> i64 {
+    v[field]
+        .as_i64()
+        .unwrap_or_else(|| panic!("integer {field} missing in {v}"))
+}
+
+/// The value of a metric in Prometheus text, summed over all its label sets; 0 when absent.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            (series.split('{').next()? == name).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Creates the stream the aggregator would create (EVENTS on `events.>`), so a test can
+/// preload it before any aggregator starts.
+pub async fn create_stream(js: &async_nats::jetstream::Context) {
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec!["events.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .expect("create stream EVENTS");
+}

@@ -2,7 +2,7 @@
 //! records in its WAL, a damaged WAL, and a WAL too small for the outage. Every scenario ends
 //! with exact counts and rows, the breaker CLOSED and the WAL empty.
 
-use integration_tests::{eventually, run_publisher, Aggregator, TestEnv};
+use integration_tests::{eventually, int, run_publisher, Aggregator, TestEnv};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,36 +17,10 @@ const FAST: &[(&str, &str)] = &[
     ("WRITE_TIMEOUT", "2s"),
 ];
 
-fn int(v: &Value, field: &str) -> i64 {
-    v[field]
-        .as_i64()
-        .unwrap_or_else(|| panic!("{field} missing in {v}"))
-}
-
 fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
     let mut v = FAST.to_vec();
     v.extend_from_slice(extra);
     v
-}
-
-/// Sum over label sets of a metric in Prometheus text.
-async fn metric(agg: &Aggregator, name: &str) -> f64 {
-    let text = agg
-        .http()
-        .get(format!("{}/metrics", agg.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            (series.split('{').next()? == name).then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
 }
 
 /// `(wal_record_count, circuit_breaker, status code)` from /health.
@@ -147,10 +121,10 @@ async fn postgres_killed_for_ten_seconds_under_load_loses_nothing() {
     assert_eq!(int(&summary, "published"), 20_000);
     assert_eq!(int(&summary, "unique"), 14_000);
     assert_settled(&env, &mut agg, 20_000, 14_000).await;
-    assert!(metric(&agg, "aggregator_wal_appended_records_total").await > 0.0);
+    assert!(agg.metric("aggregator_wal_appended_records_total").await > 0.0);
     assert_eq!(
-        metric(&agg, "aggregator_wal_appended_records_total").await,
-        metric(&agg, "aggregator_wal_replayed_records_total").await,
+        agg.metric("aggregator_wal_appended_records_total").await,
+        agg.metric("aggregator_wal_replayed_records_total").await,
         "everything logged was replayed"
     );
 }
@@ -173,7 +147,11 @@ async fn postgres_stopped_longer_than_the_breaker_timeout_loses_nothing() {
     assert!(wal_records > 0);
     assert_ne!(breaker, "CLOSED");
     assert_eq!(code, 503);
-    assert!(metric(&agg, "aggregator_circuit_breaker_transitions_total").await >= 3.0);
+    assert!(
+        agg.metric("aggregator_circuit_breaker_transitions_total")
+            .await
+            >= 3.0
+    );
     env.pg.start().await;
 
     let summary = publisher.await.unwrap();
@@ -234,7 +212,7 @@ async fn aggregator_killed_while_the_wal_holds_records_replays_after_restart() {
     agg.restart().await;
     assert_settled(&env, &mut agg, 3000, 2100).await;
     assert_eq!(
-        metric(&agg, "aggregator_wal_replayed_records_total").await,
+        agg.metric("aggregator_wal_replayed_records_total").await,
         3000.0
     );
 }
@@ -294,14 +272,16 @@ async fn torn_tail_and_flipped_byte_in_the_wal_lose_nothing() {
     agg.restart().await;
     assert_settled(&env, &mut agg, 2000, 1400).await;
     assert_eq!(
-        metric(&agg, "aggregator_wal_recovered_from_stream_total").await,
+        agg.metric("aggregator_wal_recovered_from_stream_total")
+            .await,
         1.0
     );
     assert_eq!(
-        metric(&agg, "aggregator_wal_unrecoverable_records_total").await,
+        agg.metric("aggregator_wal_unrecoverable_records_total")
+            .await,
         0.0
     );
-    assert!(metric(&agg, "aggregator_wal_truncated_bytes_total").await > 0.0);
+    assert!(agg.metric("aggregator_wal_truncated_bytes_total").await > 0.0);
     // The damaged line is kept for inspection.
     let quarantine = std::fs::read_to_string(agg.wal_path().join("quarantine.jsonl")).unwrap();
     assert!(quarantine.contains("SAX-"));
@@ -320,7 +300,7 @@ async fn a_full_wal_applies_backpressure_instead_of_dropping() {
     .await;
     assert_eq!(int(&summary, "published"), 3000);
     eventually("WAL full", Duration::from_secs(60), || async {
-        metric(&agg, "aggregator_wal_full_total").await > 0.0
+        agg.metric("aggregator_wal_full_total").await > 0.0
     })
     .await;
     // The aggregator stopped acknowledging: JetStream still holds most of the messages.

@@ -16,7 +16,8 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use futures::StreamExt;
 use integration_tests::{
-    aggregator_bin, event_json, eventually, free_port, publish_raw, Aggregator, TempDir, TestEnv,
+    aggregator_bin, create_stream, event_json, eventually, free_port, int, publish_raw, Aggregator,
+    TempDir, TestEnv,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -36,25 +37,6 @@ const DEAD_LETTER_KEEP: usize = 8 * 1024;
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-fn int(v: &Value, field: &str) -> i64 {
-    v[field]
-        .as_i64()
-        .unwrap_or_else(|| panic!("integer {field} missing in {v}"))
-}
-
-/// Creates the stream the aggregator would create, so a test can preload it.
-async fn create_stream(js: &jetstream::Context) {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: "EVENTS".into(),
-        subjects: vec!["events.>".into()],
-        storage: jetstream::stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-}
 
 async fn stream_messages(env: &TestEnv) -> u64 {
     let js = env.jetstream().await;
@@ -105,26 +87,6 @@ async fn get_with_token(agg: &Aggregator, path: &str, token: Option<&str>) -> (u
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
-}
-
-/// Sum over label sets of a metric in `/metrics`.
-async fn metric(agg: &Aggregator, name: &str) -> f64 {
-    let text = agg
-        .http()
-        .get(format!("{}/metrics", agg.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            (series.split('{').next()? == name).then(|| value.trim().parse::<f64>().ok())?
-        })
-        .sum()
 }
 
 async fn count(db: &PgPool, sql: &str) -> i64 {
@@ -755,7 +717,7 @@ async fn five_hundred_malformed_messages_are_dead_lettered_and_valid_ones_counte
     assert_eq!(int(&stats, "received"), 1000, "{stats}");
     assert_eq!(int(&stats, "unique_processed"), 800, "{stats}");
     assert_eq!(int(&stats, "duplicate_dropped"), 200, "{stats}");
-    assert_eq!(metric(&agg, "aggregator_dead_letters_total").await, 500.0);
+    assert_eq!(agg.metric("aggregator_dead_letters_total").await, 500.0);
     assert_eq!(count(&db, "SELECT count(*) FROM events").await, 800);
     assert_eq!(count(&db, "SELECT count(*) FROM dead_letters").await, 500);
     assert_eq!(

@@ -2,57 +2,17 @@
 //! counts. Every test runs the real binaries against private NATS and Postgres instances.
 
 use async_nats::jetstream;
-use integration_tests::{event_json, publish_raw, run_publisher, Aggregator, TestEnv};
+use integration_tests::{
+    create_stream, event_json, int, metric_sum, publish_raw, run_publisher, Aggregator, TestEnv,
+};
 use serde_json::Value;
 use sqlx::PgPool;
-
-fn int(v: &Value, field: &str) -> i64 {
-    v[field]
-        .as_i64()
-        .unwrap_or_else(|| panic!("{field} missing in {v}"))
-}
 
 async fn count_events(db: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(db)
         .await
         .unwrap()
-}
-
-/// The value of a metric in Prometheus text, summed over all its label sets; 0 when absent.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let series_name = series.split('{').next()?;
-            (series_name == name).then(|| value.trim().parse::<f64>().ok())?
-        })
-        .sum()
-}
-
-async fn metrics_text(agg: &Aggregator) -> String {
-    agg.http()
-        .get(format!("{}/metrics", agg.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// Creates the stream the aggregator would create, so tests can preload it before the
-/// aggregator starts.
-async fn create_stream(js: &jetstream::Context) {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: "EVENTS".into(),
-        subjects: vec!["events.>".into()],
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
 }
 
 fn assert_consistent(stats: &Value) {
@@ -181,13 +141,13 @@ async fn duplicates_inside_one_batch_are_counted_once() {
     assert_eq!(int(&stats, "received"), 15);
     assert_eq!(int(&stats, "unique_processed"), 6);
     assert_eq!(int(&stats, "duplicate_dropped"), 9);
-    let metrics = metrics_text(&agg).await;
+    let metrics = agg.metrics_text().await;
     assert_eq!(
-        metric(&metrics, "aggregator_batch_size_count"),
+        metric_sum(&metrics, "aggregator_batch_size_count"),
         1.0,
         "{metrics}"
     );
-    assert_eq!(metric(&metrics, "aggregator_batch_size_sum"), 15.0);
+    assert_eq!(metric_sum(&metrics, "aggregator_batch_size_sum"), 15.0);
     assert_eq!(count_events(&env.db().await).await, 6);
 }
 
@@ -315,14 +275,14 @@ async fn message_redelivered_after_crash_between_commit_and_ack_is_counted_once(
     assert_eq!(int(&stats, "unique_processed"), 2100);
     assert_eq!(int(&stats, "duplicate_dropped"), 900);
     assert_eq!(count_events(&env.db().await).await, 2100);
-    let metrics = metrics_text(&agg).await;
+    let metrics = agg.metrics_text().await;
     assert_eq!(
-        metric(&metrics, "aggregator_redelivered_skipped_total"),
+        metric_sum(&metrics, "aggregator_redelivered_skipped_total"),
         committed as f64,
         "every message of the committed batch was redelivered and skipped\n{metrics}"
     );
     assert_eq!(
-        metric(&metrics, "aggregator_events_received_total"),
+        metric_sum(&metrics, "aggregator_events_received_total"),
         (3000 - committed) as f64
     );
 }
@@ -381,10 +341,10 @@ async fn two_replicas_on_one_consumer_stay_exact() {
     assert_eq!(b.stats().await["received"], stats["received"]);
     assert_eq!(count_events(&env.db().await).await, 14_000);
     // Both replicas took part, and between them counted each message exactly once.
-    let (ma, mb) = (metrics_text(&a).await, metrics_text(&b).await);
+    let (ma, mb) = (a.metrics_text().await, b.metrics_text().await);
     let (ra, rb) = (
-        metric(&ma, "aggregator_events_received_total"),
-        metric(&mb, "aggregator_events_received_total"),
+        metric_sum(&ma, "aggregator_events_received_total"),
+        metric_sum(&mb, "aggregator_events_received_total"),
     );
     assert!(ra > 0.0 && rb > 0.0, "both replicas consumed: {ra} {rb}");
     assert_eq!(ra + rb, 20_000.0);
@@ -444,8 +404,8 @@ async fn processed_record_is_compacted_and_still_rejects_redelivery() {
         "all 2000 redelivered messages skipped",
         std::time::Duration::from_secs(60),
         || async {
-            metric(
-                &metrics_text(&agg).await,
+            metric_sum(
+                &agg.metrics_text().await,
                 "aggregator_redelivered_skipped_total",
             ) == 2000.0
         },
