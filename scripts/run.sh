@@ -5,7 +5,10 @@
 #
 #   scripts/run.sh [--count N] [--duplicate-rate R] [--topics K] [--seed S]
 #
-# Environment: NATS_URL, DATABASE_URL, HTTP_ADDR (aggregator defaults), DATA_DIR (./data).
+# Environment: NATS_URL, HTTP_ADDR (aggregator defaults), DATA_DIR (./data). Without
+# DATABASE_URL the run uses its own database, `aggregator_demo` on 127.0.0.1:5432, dropped
+# and created again at the start so the stats printed are this run's; with DATABASE_URL set,
+# that database is used as it is and the totals accumulate across runs.
 # The aggregator is stopped again at the end (SIGTERM, graceful); its log is in $DATA_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +25,11 @@ while [ $# -gt 0 ]; do
 done
 
 export NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
-export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/aggregator}
+FRESH_DB=""
+if [ -z "${DATABASE_URL:-}" ]; then
+  export DATABASE_URL=postgres://postgres@127.0.0.1:5432/aggregator_demo
+  FRESH_DB=aggregator_demo
+fi
 export HTTP_ADDR=${HTTP_ADDR:-127.0.0.1:8080}
 DATA_DIR=${DATA_DIR:-$PWD/data}
 export WAL_PATH=${WAL_PATH:-$DATA_DIR/wal}
@@ -63,6 +70,12 @@ if ! port_open "$phost" "$pport"; then
     -o "-p $pport -c listen_addresses=$phost -k /tmp" start >/dev/null
 fi
 for _ in $(seq 100); do port_open "$phost" "$pport" && break; sleep 0.1; done
+
+if [ -n "$FRESH_DB" ]; then
+  psql "postgres://postgres@$phost:$pport/postgres" -qc "DROP DATABASE IF EXISTS $FRESH_DB (FORCE)" >/dev/null
+  # A WAL left by an earlier demo run belongs to the database just dropped.
+  rm -rf "$WAL_PATH"
+fi
 
 # --- aggregator ---------------------------------------------------------------------------
 cargo build --release --bins -q
