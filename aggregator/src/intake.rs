@@ -122,8 +122,9 @@ pub async fn run(
             .consumer
             .stream()
             .max_messages_per_batch(batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+            // Short heartbeats: a pull lost with its server is noticed within seconds.
+            .heartbeat(Duration::from_secs(2))
+            .expires(Duration::from_secs(10))
             .messages()
             .await
         {
@@ -192,9 +193,14 @@ pub async fn run(
                     });
                 }
                 Some(Err(e)) => {
+                    // A missed heartbeat means the pull request is gone (our server or the
+                    // consumer leader died): the client would only send a new one when the old
+                    // one expires, so start a fresh pull at once.
                     let fatal = matches!(
                         e.kind(),
-                        MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders
+                        MessagesErrorKind::ConsumerDeleted
+                            | MessagesErrorKind::NoResponders
+                            | MessagesErrorKind::MissingHeartbeat
                     );
                     tracing::warn!(error = %e, fatal, "pull error");
                     if fatal {

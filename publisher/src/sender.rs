@@ -35,11 +35,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, error, warn};
 
-/// Attempts per send before it is given up.
-const MAX_ATTEMPTS: u32 = 10;
+/// Attempts per send before it is given up: with the backoff below, about a minute, which
+/// rides out a JetStream leader election (seen taking 4.5-10 s on a 3-node cluster) and stays
+/// inside the stream's 2-minute duplicate window, so a retry can never store a send twice.
+const MAX_ATTEMPTS: u32 = 35;
 /// Attempts for a publish answered with "no responders" (no stream captures the subject).
-/// A missing stream is almost always a set-up mistake, not a glitch: fail fast.
-const NO_STREAM_ATTEMPTS: u32 = 4;
+/// A stream missing from the start is caught before the first publish; mid-run, "no
+/// responders" is what a stream without a leader answers, so it gets the full budget.
+const NO_STREAM_ATTEMPTS: u32 = MAX_ATTEMPTS;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest `Retry-After` honoured.

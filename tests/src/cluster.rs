@@ -307,6 +307,16 @@ impl NatsCluster {
         self.nodes[i].url()
     }
 
+    /// The client port of node `i` (stable across restarts).
+    pub fn port(&self, i: usize) -> u16 {
+        self.nodes[i].port
+    }
+
+    /// The index of the node whose client port is `port`.
+    pub fn index_of_port(&self, port: u16) -> Option<usize> {
+        self.nodes.iter().position(|n| n.port == port)
+    }
+
     /// Server name of node `i` (`n1` for `i == 0`).
     pub fn name(&self, i: usize) -> &str {
         &self.nodes[i].name
