@@ -2,7 +2,8 @@
 //! other, each with its own temp dir (store, log). Tests may SIGKILL and restart single
 //! nodes freely; everything is killed on drop. Never the shared server on 4222.
 
-use std::path::{Path, PathBuf};
+use crate::nats::nats_server_bin;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,23 +76,6 @@ impl Drop for Node {
 pub struct NatsCluster {
     nodes: Vec<Node>,
     bin: PathBuf,
-}
-
-fn nats_server_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("nats-server");
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    for candidate in ["/usr/sbin/nats-server", "/usr/local/sbin/nats-server"] {
-        if Path::new(candidate).is_file() {
-            return PathBuf::from(candidate);
-        }
-    }
-    panic!("nats-server not found in PATH or /usr/sbin");
 }
 
 /// A raw JetStream API request on `client` (a `Null` body sends an empty payload).

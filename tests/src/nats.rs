@@ -28,7 +28,8 @@ pub struct Nats {
     dir: TempDir,
 }
 
-fn nats_server_bin() -> PathBuf {
+/// The `nats-server` binary: from PATH, else /usr/sbin (Debian's package).
+pub(crate) fn nats_server_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             let candidate = dir.join("nats-server");
