@@ -37,6 +37,11 @@ pub struct Delivery {
     pub traceparent: Option<String>,
 }
 
+/// The message's `traceparent` header, when present and well formed.
+pub fn traceparent_of(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
+    valid_traceparent(headers?.get("traceparent")?.as_str())
+}
+
 /// A well-formed W3C `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`), lowercased.
 pub fn valid_traceparent(v: &str) -> Option<String> {
     let parts: Vec<&str> = v.trim().split('-').collect();
@@ -163,11 +168,7 @@ pub async fn run(
                         &cfg.subject_prefix,
                         &limits,
                     );
-                    let traceparent = msg
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("traceparent"))
-                        .and_then(|v| valid_traceparent(v.as_str()));
+                    let traceparent = traceparent_of(msg.headers.as_ref());
                     let tx = &txs[route(&decoded, seq, txs.len())];
                     // Wait for room in the buffer first, so that on shutdown the message is
                     // still in hand and can be returned.

@@ -14,7 +14,7 @@ use crate::guard::{Durable, WriteGuard};
 use crate::intake::Delivery;
 use crate::shutdown::CancellationToken;
 use crate::state::SharedState;
-use crate::store::batch::{BatchOutcome, DeadLetter, Record, MAX_DEAD_LETTER_BYTES};
+use crate::store::batch::{BatchOutcome, DeadLetter, Record};
 use crate::telemetry::names;
 use async_nats::jetstream::AckKind;
 use futures::future::BoxFuture;
@@ -263,15 +263,13 @@ fn take_records(
             (Err(e), None) => e,
         };
         tracing::warn!(stream_seq = d.seq, subject = %d.msg.subject, %reason, "dead-lettering message");
-        let payload = &d.msg.payload;
-        dead.push(DeadLetter {
-            stream_id: d.stream_id,
-            seq: d.seq,
-            subject: d.msg.subject.to_string(),
-            raw: payload[..payload.len().min(MAX_DEAD_LETTER_BYTES)].to_vec(),
-            raw_size: i32::try_from(payload.len()).unwrap_or(i32::MAX),
+        dead.push(DeadLetter::new(
+            d.stream_id,
+            d.seq,
+            d.msg.subject.to_string(),
+            &d.msg.payload,
             reason,
-        });
+        ));
     }
     (records, dead)
 }

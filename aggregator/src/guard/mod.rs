@@ -19,7 +19,7 @@ pub mod retry;
 pub mod wal;
 
 use crate::shutdown::CancellationToken;
-use crate::store::batch::{self, BatchOutcome, DeadLetter, Record, MAX_DEAD_LETTER_BYTES};
+use crate::store::batch::{self, BatchOutcome, DeadLetter, Record};
 use crate::store::{is_transient, Store};
 use crate::telemetry::names;
 use breaker::{CircuitBreaker, Permit};
@@ -279,16 +279,14 @@ fn write_isolating<'a>(
                 metrics::counter!(names::POISON_ISOLATED).increment(1);
                 tracing::warn!(stream_seq = r.seq, topic = r.event.topic(), error = %e,
                     "database rejected one event; dead-lettering it");
-                let raw = r.event.to_json();
                 let mut dead = dead.to_vec();
-                dead.push(DeadLetter {
-                    stream_id: r.stream_id,
-                    seq: r.seq,
-                    subject: shared::subject::subject_for(prefix, r.event.topic()),
-                    raw_size: i32::try_from(raw.len()).unwrap_or(i32::MAX),
-                    raw: raw[..raw.len().min(MAX_DEAD_LETTER_BYTES)].to_vec(),
-                    reason: format!("rejected by the database: {e}"),
-                });
+                dead.push(DeadLetter::new(
+                    r.stream_id,
+                    r.seq,
+                    shared::subject::subject_for(prefix, r.event.topic()),
+                    &r.event.to_json(),
+                    format!("rejected by the database: {e}"),
+                ));
                 match batch::write_batch(store.pool(), shard, &[], &dead).await {
                     Ok(outcome) => Ok(committed(outcome, &dead)),
                     Err(e) => Err(WriteFailed(format!("dead letters rejected: {e}"))),

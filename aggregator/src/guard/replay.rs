@@ -15,7 +15,7 @@ use super::{Durable, WriteGuard};
 use crate::shutdown::CancellationToken;
 use crate::startup::COUNTER_SHARDS;
 use crate::state::SharedState;
-use crate::store::batch::{DeadLetter, Record, MAX_DEAD_LETTER_BYTES};
+use crate::store::batch::{DeadLetter, Record};
 use crate::telemetry::names;
 use async_nats::jetstream;
 use futures::StreamExt;
@@ -130,7 +130,7 @@ impl Monitor {
         lane: usize,
         part: &[WalEntry],
     ) -> (usize, Result<super::Settled, super::WriteFailed>) {
-        let (records, dead) = split(part);
+        let (records, dead) = WalEntry::split(part.iter().cloned());
         let shard = ((self.shard as usize + lane) % usize::from(COUNTER_SHARDS)) as i16;
         (part.len(), self.guard.write(shard, &records, &dead).await)
     }
@@ -193,10 +193,7 @@ impl Monitor {
         };
         let prefix = &self.state.config.subject_prefix;
         let subject = msg.subject.to_string();
-        let traceparent = msg
-            .headers
-            .get("traceparent")
-            .and_then(|v| crate::intake::valid_traceparent(v.as_str()));
+        let traceparent = crate::intake::traceparent_of(Some(&msg.headers));
         Ok(
             match crate::intake::decode(&msg.payload, &subject, prefix, &limits) {
                 Ok(event) => WalEntry::Event(Record {
@@ -205,27 +202,10 @@ impl Monitor {
                     event,
                     traceparent,
                 }),
-                Err(reason) => WalEntry::Dead(DeadLetter {
-                    stream_id: sid,
-                    seq,
-                    raw: msg.payload[..msg.payload.len().min(MAX_DEAD_LETTER_BYTES)].to_vec(),
-                    raw_size: i32::try_from(msg.payload.len()).unwrap_or(i32::MAX),
-                    reason,
-                    subject,
-                }),
+                Err(reason) => {
+                    WalEntry::Dead(DeadLetter::new(sid, seq, subject, &msg.payload, reason))
+                }
             },
         )
     }
-}
-
-fn split(entries: &[WalEntry]) -> (Vec<Record>, Vec<DeadLetter>) {
-    let mut records = Vec::new();
-    let mut dead = Vec::new();
-    for e in entries {
-        match e {
-            WalEntry::Event(r) => records.push(r.clone()),
-            WalEntry::Dead(d) => dead.push(d.clone()),
-        }
-    }
-    (records, dead)
 }

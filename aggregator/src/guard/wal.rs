@@ -112,7 +112,7 @@ impl WalEntry {
     }
 
     /// Splits entries into the two lists `write_batch` takes, keeping their order.
-    pub fn split(entries: Vec<WalEntry>) -> (Vec<Record>, Vec<DeadLetter>) {
+    pub fn split(entries: impl IntoIterator<Item = WalEntry>) -> (Vec<Record>, Vec<DeadLetter>) {
         let mut records = Vec::new();
         let mut dead = Vec::new();
         for entry in entries {

@@ -53,6 +53,21 @@ pub struct DeadLetter {
 /// Raw bytes of a dead letter kept for inspection.
 pub const MAX_DEAD_LETTER_BYTES: usize = 8 * 1024;
 
+impl DeadLetter {
+    /// A dead letter for the message `raw`, keeping at most [`MAX_DEAD_LETTER_BYTES`] of it
+    /// and its original size.
+    pub fn new(stream_id: i32, seq: i64, subject: String, raw: &[u8], reason: String) -> Self {
+        Self {
+            stream_id,
+            seq,
+            subject,
+            raw: raw[..raw.len().min(MAX_DEAD_LETTER_BYTES)].to_vec(),
+            raw_size: i32::try_from(raw.len()).unwrap_or(i32::MAX),
+            reason,
+        }
+    }
+}
+
 /// Per-topic counts of a committed batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct TopicDelta {
