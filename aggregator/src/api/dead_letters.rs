@@ -5,7 +5,7 @@
 //! replaced (JSON escaping takes care of control characters), `raw_base64` is exact.
 //! `raw_truncated` says whether only the first 8 KiB were kept.
 
-use super::ApiError;
+use super::{query, ApiError};
 use crate::state::SharedState;
 use crate::store::queries;
 use axum::extract::{RawQuery, State};
@@ -36,27 +36,12 @@ pub struct DeadLetterPage {
 
 pub async fn list(
     State(state): State<SharedState>,
-    RawQuery(query): RawQuery,
+    RawQuery(raw_query): RawQuery,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-            .map_err(|e| ApiError::bad_field("query", format!("cannot be decoded: {e}")))?;
-    let (mut limit, mut after, mut include_redriven) = (100i64, None, false);
-    let mut seen = std::collections::HashSet::new();
-    for (key, value) in pairs {
-        if !seen.insert(key.clone()) {
-            return Err(ApiError::bad_field(&key, "given more than once"));
-        }
+    let (mut limit, mut after, mut include_redriven) = (query::DEFAULT_LIMIT, None, false);
+    for (key, value) in query::pairs(raw_query.as_deref())? {
         match key.as_str() {
-            "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_field("limit", "must be an integer from 1 to 1000")
-                    })?
-            }
+            "limit" => limit = query::limit(&value)?,
             "after" => {
                 after = Some(
                     value

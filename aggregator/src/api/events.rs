@@ -5,16 +5,13 @@
 //! `after`. Parameters are parsed strictly: an unknown or repeated parameter, or a bad value,
 //! is a 400 naming it.
 
-use super::ApiError;
+use super::{query, ApiError};
 use crate::state::SharedState;
 use crate::store::queries::{self, EventFilter, StoredEvent};
 use axum::extract::{RawQuery, State};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
-
-pub const DEFAULT_LIMIT: i64 = 100;
-pub const MAX_LIMIT: i64 = 1000;
 
 #[derive(Serialize)]
 pub struct EventItem {
@@ -75,17 +72,11 @@ fn item(r: StoredEvent) -> Option<EventItem> {
 }
 
 fn parse_query(query: &str) -> Result<EventFilter, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-        .map_err(|e| ApiError::bad_field("query", format!("cannot be decoded: {e}")))?;
     let mut f = EventFilter {
-        limit: DEFAULT_LIMIT,
+        limit: query::DEFAULT_LIMIT,
         ..EventFilter::default()
     };
-    let mut seen = std::collections::HashSet::new();
-    for (key, value) in pairs {
-        if !seen.insert(key.clone()) {
-            return Err(ApiError::bad_field(&key, "given more than once"));
-        }
+    for (key, value) in query::pairs(Some(query))? {
         match key.as_str() {
             "topic" => {
                 shared::event::validate_topic(&value)
@@ -106,18 +97,7 @@ fn parse_query(query: &str) -> Result<EventFilter, ApiError> {
             }
             "since" => f.since = Some(parse_time("since", &value)?),
             "until" => f.until = Some(parse_time("until", &value)?),
-            "limit" => {
-                f.limit = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_field(
-                            "limit",
-                            format!("must be an integer from 1 to {MAX_LIMIT}, got {value:?}"),
-                        )
-                    })?;
-            }
+            "limit" => f.limit = query::limit(&value)?,
             "after" => {
                 f.after = Some(decode_cursor(&value).ok_or_else(|| {
                     ApiError::bad_field("after", "is not a cursor returned as `next`")

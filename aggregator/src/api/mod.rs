@@ -20,6 +20,7 @@ pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod publish;
+pub mod query;
 pub mod stats;
 
 use crate::state::SharedState;
