@@ -1,8 +1,9 @@
 //! The `aggregator` binary run as a child process against a [`TestEnv`], with helpers
 //! for its HTTP API (`/ready`, `/stats`, `/health`, ...) and for crash/restart tests.
 
+use crate::util::spawn_service;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -11,9 +12,7 @@ use serde_json::Value;
 
 use crate::binaries::aggregator_bin;
 use crate::env::TestEnv;
-use crate::util::{
-    self, die_with_parent, file_tail, free_port, kill_and_reap, log_marker, log_stdio, wait_child,
-};
+use crate::util::{self, file_tail, free_port, kill_and_reap, log_marker, wait_child};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const TERMINATE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -122,7 +121,6 @@ impl Aggregator {
     }
 
     fn start_process(&mut self) {
-        let (out, err) = log_stdio(&self.log_path);
         let mut cmd = Command::new(&self.bin);
         // Hermetic: nothing from the developer's shell (any config variable, RUST_LOG, ...)
         // leaks into the aggregator; only PATH-like basics are kept.
@@ -132,14 +130,8 @@ impl Aggregator {
                 cmd.env(var, v);
             }
         }
-        cmd.envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
+        cmd.envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let child = spawn_service(&mut cmd, &self.log_path);
         self.pid = child.id();
         self.child = Some(child);
         self.exit_status = None;
@@ -264,21 +256,7 @@ impl Aggregator {
             return status;
         }
         util::signal(self.pid, Signal::SIGTERM);
-        let child = self.child.as_mut().expect("child");
-        match wait_child(child, TERMINATE_TIMEOUT).await {
-            Some(status) => {
-                self.exit_status = Some(status);
-                self.child = None;
-                status
-            }
-            None => {
-                self.kill();
-                panic!(
-                    "aggregator did not exit within {TERMINATE_TIMEOUT:?} after SIGTERM\n{}",
-                    self.log_tail()
-                );
-            }
-        }
+        self.await_exit(TERMINATE_TIMEOUT, "after SIGTERM").await
     }
 
     /// Waits for the process to exit by itself (safety net 120 s, then SIGKILL and
@@ -287,8 +265,13 @@ impl Aggregator {
         if let Some(status) = self.poll_exit() {
             return status;
         }
+        self.await_exit(EXIT_TIMEOUT, "").await
+    }
+
+    /// Waits up to `limit` for the running child to exit; SIGKILL and panic after that.
+    async fn await_exit(&mut self, limit: Duration, context: &str) -> ExitStatus {
         let child = self.child.as_mut().expect("child");
-        match wait_child(child, EXIT_TIMEOUT).await {
+        match wait_child(child, limit).await {
             Some(status) => {
                 self.exit_status = Some(status);
                 self.child = None;
@@ -297,7 +280,7 @@ impl Aggregator {
             None => {
                 self.kill();
                 panic!(
-                    "aggregator did not exit within {EXIT_TIMEOUT:?}\n{}",
+                    "aggregator did not exit within {limit:?} {context}\n{}",
                     self.log_tail()
                 );
             }

@@ -3,16 +3,14 @@
 //! nodes freely; everything is killed on drop. Never the shared server on 4222.
 
 use crate::nats::nats_server_bin;
+use crate::util::spawn_service;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{
-    die_with_parent, file_tail, free_port, kill_and_reap, log_marker, log_stdio, tcp_accepts,
-    TempDir,
-};
+use crate::util::{file_tail, free_port, kill_and_reap, log_marker, tcp_accepts, TempDir};
 
 /// How long a cluster start or a node restart may take before the harness gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -164,7 +162,6 @@ impl NatsCluster {
             .map(|(_, n)| format!("nats://127.0.0.1:{}", n.cluster_port))
             .collect();
         let node = &mut self.nodes[i];
-        let (out, err) = log_stdio(&node.log_path());
         let mut cmd = Command::new(&self.bin);
         cmd.arg("-a")
             .arg("127.0.0.1")
@@ -182,14 +179,8 @@ impl NatsCluster {
         if !routes.is_empty() {
             cmd.arg("--routes").arg(routes.join(","));
         }
-        cmd.current_dir(node.dir.path())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
+        cmd.current_dir(node.dir.path());
+        let child = spawn_service(&mut cmd, &node.log_path());
         node.child = Some(child);
     }
 

@@ -32,5 +32,7 @@ pub use cluster::NatsCluster;
 pub use env::{TestEnv, AGGREGATOR_DB};
 pub use nats::Nats;
 pub use postgres::Postgres;
-pub use publish::{event_json, publish_raw, run_publisher, run_publisher_at};
+pub use publish::{
+    event_json, publish_in_background, publish_raw, run_publisher, run_publisher_at,
+};
 pub use util::{create_stream, eventually, file_tail, free_port, int, metric_sum, TempDir};

@@ -1,15 +1,15 @@
 //! A private `nats-server -js` instance on a free port with its own store directory,
 //! which tests may kill, stop, pause and restart freely. Never the shared server on 4222.
 
+use crate::util::spawn_service;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use crate::util::{
-    self, die_with_parent, file_tail, free_port, kill_and_reap, log_marker, log_stdio, tcp_accepts,
-    wait_child, TempDir,
+    self, file_tail, free_port, kill_and_reap, log_marker, tcp_accepts, wait_child, TempDir,
 };
 
 /// How long a (re)start may take before the harness gives up.
@@ -79,7 +79,6 @@ impl Nats {
 
     fn spawn(&mut self) {
         let store = self.dir.path().join("nats");
-        let (out, err) = log_stdio(&self.log_path());
         let mut cmd = Command::new(&self.bin);
         cmd.arg("-a")
             .arg("127.0.0.1")
@@ -88,14 +87,8 @@ impl Nats {
             .arg("-js")
             .arg("-sd")
             .arg(&store)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
+            .current_dir(self.dir.path());
+        let child = spawn_service(&mut cmd, &self.log_path());
         self.child = Some(child);
         self.paused = false;
     }

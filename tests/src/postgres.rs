@@ -7,6 +7,7 @@
 //! (initdb and postgres refuse root) with the postmaster as our direct child, so we can
 //! signal it.
 
+use crate::util::spawn_service;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
@@ -21,8 +22,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::util::{
-    self, children_of, die_with_parent, file_tail, free_port, kill_and_reap, log_marker, log_stdio,
-    wait_dead, TempDir,
+    self, children_of, file_tail, free_port, kill_and_reap, log_marker, wait_dead, TempDir,
 };
 
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -280,7 +280,6 @@ impl Postgres {
 
     fn spawn(&mut self) {
         let inst = pg_install();
-        let (out, err) = log_stdio(&self.log_path());
         let mut cmd = Command::new(inst.bindir.join("postgres"));
         cmd.arg("-D")
             .arg(self.data_dir())
@@ -305,14 +304,8 @@ impl Postgres {
             ])
             .current_dir(self.dir.path())
             .uid(inst.uid.as_raw())
-            .gid(inst.gid.as_raw())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn postgres: {e}"));
+            .gid(inst.gid.as_raw());
+        let child = spawn_service(&mut cmd, &self.log_path());
         self.child = Some(child);
         self.paused = false;
     }

@@ -18,6 +18,31 @@ pub async fn run_publisher(env: &TestEnv, args: &[&str]) -> Value {
     run_publisher_at(&env.nats.url(), args).await
 }
 
+/// Runs the publisher in the background at a steady `rate` (events/s), 30% duplicates, and
+/// returns its `--summary json` (the task panics with stderr if the publisher fails).
+pub fn publish_in_background(
+    nats_url: &str,
+    count: u32,
+    rate: u32,
+    seed: u32,
+) -> tokio::task::JoinHandle<Value> {
+    let args = [
+        "--count".to_owned(),
+        count.to_string(),
+        "--duplicate-rate".to_owned(),
+        "0.3".to_owned(),
+        "--rate".to_owned(),
+        rate.to_string(),
+        "--seed".to_owned(),
+        seed.to_string(),
+    ];
+    let nats_url = nats_url.to_owned();
+    tokio::spawn(async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_publisher_at(&nats_url, &refs).await
+    })
+}
+
 /// [`run_publisher`] against a NATS URL, for tasks that do not hold the [`TestEnv`].
 pub async fn run_publisher_at(nats_url: &str, args: &[&str]) -> Value {
     let bin = publisher_bin().await;

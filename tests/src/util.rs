@@ -339,6 +339,18 @@ pub(crate) async fn wait_child(child: &mut Child, timeout: Duration) -> Option<E
 }
 
 /// Opens (creating/appending) a log file and returns two handles for stdout and stderr.
+/// Starts a long-running service process: stdin closed, stdout and stderr appended to
+/// `log`, killed when the test process dies (see [`die_with_parent`]).
+pub(crate) fn spawn_service(cmd: &mut std::process::Command, log: &Path) -> std::process::Child {
+    let (out, err) = log_stdio(log);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    die_with_parent(cmd);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()))
+}
+
 pub(crate) fn log_stdio(path: &Path) -> (std::process::Stdio, std::process::Stdio) {
     let file = fs::OpenOptions::new()
         .create(true)

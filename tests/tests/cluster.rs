@@ -20,23 +20,8 @@ struct Publisher {
 
 impl Publisher {
     fn start(nats_url: &str, count: u32, rate: u32, seed: u32) -> Publisher {
-        let args: Vec<String> = vec![
-            "--count".into(),
-            count.to_string(),
-            "--duplicate-rate".into(),
-            "0.3".into(),
-            "--rate".into(),
-            rate.to_string(),
-            "--seed".into(),
-            seed.to_string(),
-        ];
-        let nats_url = nats_url.to_owned();
-        // `run_publisher_at` panics with the publisher's stderr if it exits non-zero (a
-        // send failed).
-        let handle = tokio::spawn(async move {
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            integration_tests::run_publisher_at(&nats_url, &refs).await
-        });
+        // The task panics with the publisher's stderr if it exits non-zero (a send failed).
+        let handle = integration_tests::publish_in_background(nats_url, count, rate, seed);
         Publisher {
             handle: Some(handle),
             summary: None,

@@ -2,8 +2,9 @@
 //! records in its WAL, a damaged WAL, and a WAL too small for the outage. Every scenario ends
 //! with exact counts and rows, the breaker CLOSED and the WAL empty.
 
-use integration_tests::{eventually, int, run_publisher, Aggregator, TestEnv};
-use serde_json::Value;
+use integration_tests::{
+    eventually, int, publish_in_background, run_publisher, Aggregator, TestEnv,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -60,31 +61,6 @@ async fn assert_settled(env: &TestEnv, agg: &mut Aggregator, received: i64, uniq
     assert_eq!(rows, unique);
 }
 
-/// Publishes in the background at a steady rate; returns the publisher's summary.
-fn publish_in_background(
-    env: &TestEnv,
-    count: u32,
-    rate: u32,
-    seed: u32,
-) -> tokio::task::JoinHandle<Value> {
-    let args: Vec<String> = vec![
-        "--count".into(),
-        count.to_string(),
-        "--duplicate-rate".into(),
-        "0.3".into(),
-        "--rate".into(),
-        rate.to_string(),
-        "--seed".into(),
-        seed.to_string(),
-    ];
-    // run_publisher only needs the NATS URL from the env; give the task its own copy.
-    let nats_url = env.nats_url();
-    tokio::spawn(async move {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        integration_tests::publish::run_publisher_at(&nats_url, &refs).await
-    })
-}
-
 async fn wait_received_at_least(agg: &Aggregator, n: i64) {
     eventually(
         &format!("received >= {n}"),
@@ -100,7 +76,7 @@ async fn wait_received_at_least(agg: &Aggregator, n: i64) {
 async fn postgres_killed_for_ten_seconds_under_load_loses_nothing() {
     let mut env = TestEnv::start().await;
     let mut agg = Aggregator::spawn(&env, &with(&[])).await;
-    let publisher = publish_in_background(&env, 20_000, 1_000, 21);
+    let publisher = publish_in_background(&env.nats_url(), 20_000, 1_000, 21);
     wait_received_at_least(&agg, 2_000).await;
 
     env.pg.kill();
@@ -133,7 +109,7 @@ async fn postgres_killed_for_ten_seconds_under_load_loses_nothing() {
 async fn postgres_stopped_longer_than_the_breaker_timeout_loses_nothing() {
     let mut env = TestEnv::start().await;
     let mut agg = Aggregator::spawn(&env, &with(&[])).await;
-    let publisher = publish_in_background(&env, 10_000, 1_000, 22);
+    let publisher = publish_in_background(&env.nats_url(), 10_000, 1_000, 22);
     wait_received_at_least(&agg, 1_000).await;
 
     env.pg.stop();
@@ -163,7 +139,7 @@ async fn postgres_stopped_longer_than_the_breaker_timeout_loses_nothing() {
 async fn hanging_postgres_connections_lose_nothing() {
     let mut env = TestEnv::start().await;
     let mut agg = Aggregator::spawn(&env, &with(&[])).await;
-    let publisher = publish_in_background(&env, 10_000, 1_000, 23);
+    let publisher = publish_in_background(&env.nats_url(), 10_000, 1_000, 23);
     wait_received_at_least(&agg, 1_000).await;
 
     // Connections hang instead of being refused.
