@@ -2,8 +2,10 @@
 //!
 //! In one transaction, for the messages of a batch:
 //! 1. `processed_messages` gets one row per (stream incarnation, sequence) not seen before and
-//!    above the incarnation's compacted `floor_seq`. Only those messages count: a message
-//!    JetStream redelivers after a crash between commit and ack finds its row and is skipped.
+//!    above the incarnation's compacted `floor_seq` (or in one of its `skipped_ranges`). Only
+//!    those messages count: a message JetStream redelivers after a crash between commit and
+//!    ack finds its row and is skipped. The same message twice in one call (a redelivery that
+//!    reached the WAL twice) counts once: the statement keeps one copy per sequence itself.
 //! 2. `events` gets `INSERT .. ON CONFLICT (topic, event_id) DO NOTHING` for the counted ones;
 //!    the rows actually inserted are the unique ones, the rest are duplicates.
 //! 3. `topic_counters` gets the per-topic received/unique increments on this worker's shard.
@@ -15,11 +17,19 @@
 //! The transaction first takes the compaction lock in shared mode, so compaction (which holds
 //! it exclusively) can never delete a processed row between this statement's snapshot and its
 //! insert (which would let a redelivered message count twice).
+//!
+//! A record of a stream incarnation the database does not know (a WAL replayed against
+//! another or a restored database) is an error, [`WriteError::UnknownStreams`], never a
+//! message silently taken as already processed.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::Event;
 use sqlx::PgPool;
+
+/// Counter shards per topic (`topic_counters.shard` runs 0..COUNTER_SHARDS); each writer
+/// adds to its own.
+pub const COUNTER_SHARDS: u16 = 64;
 
 /// Advisory lock key shared by batch writers (shared mode) and compaction (exclusive mode).
 pub const COMPACTION_LOCK: i64 = 0x6167_6772_636f_6d70; // "aggrcomp"
@@ -53,19 +63,48 @@ pub struct DeadLetter {
 /// Raw bytes of a dead letter kept for inspection.
 pub const MAX_DEAD_LETTER_BYTES: usize = 8 * 1024;
 
+/// Characters of a dead letter's reason kept.
+pub const MAX_REASON_CHARS: usize = 1024;
+
 impl DeadLetter {
     /// A dead letter for the message `raw`, keeping at most [`MAX_DEAD_LETTER_BYTES`] of it
-    /// and its original size.
+    /// and its original size. The subject and reason become text Postgres can hold (NUL is
+    /// the one character a `text` column refuses: a subject may carry it), the reason at
+    /// most [`MAX_REASON_CHARS`] long; the raw bytes are kept exactly.
     pub fn new(stream_id: i32, seq: i64, subject: String, raw: &[u8], reason: String) -> Self {
         Self {
             stream_id,
             seq,
-            subject,
+            subject: storable_text(subject, usize::MAX),
             raw: raw[..raw.len().min(MAX_DEAD_LETTER_BYTES)].to_vec(),
             raw_size: i32::try_from(raw.len()).unwrap_or(i32::MAX),
-            reason,
+            reason: storable_text(reason, MAX_REASON_CHARS),
         }
     }
+}
+
+/// `s` without NUL (replaced by U+FFFD) and cut to `max_chars` characters.
+fn storable_text(s: String, max_chars: usize) -> String {
+    let cut = s.char_indices().nth(max_chars).map(|(i, _)| i);
+    if !s.contains('\0') && cut.is_none() {
+        return s;
+    }
+    let s = cut.map_or(s.as_str(), |i| &s[..i]);
+    s.replace('\0', "\u{fffd}")
+}
+
+/// Why a batch could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Records of stream incarnations this database has never registered: replaying them
+    /// here would count them against the wrong (or no) processed record.
+    #[error(
+        "records of stream ids {0:?}, which this database does not know (a WAL written \
+         against another or an older database?)"
+    )]
+    UnknownStreams(Vec<i32>),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
 }
 
 /// Per-topic counts of a committed batch.
@@ -95,17 +134,49 @@ impl BatchOutcome {
     pub fn duplicates(&self) -> i64 {
         self.received - self.unique
     }
+
+    /// Both outcomes together (two committed parts of one batch).
+    pub fn merged(mut self, other: BatchOutcome) -> BatchOutcome {
+        for t in other.topics {
+            match self.topics.iter_mut().find(|u| u.topic == t.topic) {
+                Some(u) => {
+                    u.received += t.received;
+                    u.unique += t.unique;
+                }
+                None => self.topics.push(t),
+            }
+        }
+        BatchOutcome {
+            received: self.received + other.received,
+            unique: self.unique + other.unique,
+            dead_lettered: self.dead_lettered + other.dead_lettered,
+            already_processed: self.already_processed + other.already_processed,
+            topics: self.topics,
+        }
+    }
 }
 
-const INSERT_EVENTS: &str = r#"
+/// Whether sequence `b.seq` of stream `b.stream_id` may still be counted: above the floor, or
+/// at or below it in a range that was skipped without being processed. An unknown stream
+/// (no `s` row) is let through to the insert, where its foreign key makes the write fail.
+const MAY_COUNT: &str = "(s.id IS NULL OR b.seq > s.floor_seq OR EXISTS (
+        SELECT 1 FROM skipped_ranges k
+        WHERE k.stream_id = b.stream_id AND b.seq BETWEEN k.first_seq AND k.last_seq))";
+
+fn insert_events_sql() -> String {
+    format!(
+        r#"
 WITH batch AS (
-    SELECT * FROM unnest($2::int[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[],
-                         $7::text[], $8::text[], $9::text[])
+    -- One copy per stream message: the same message twice in one call counts once.
+    SELECT DISTINCT ON (stream_id, seq) *
+    FROM unnest($2::int[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[],
+                $7::text[], $8::text[], $9::text[])
         AS b(stream_id, seq, topic, event_id, ts, source, payload, traceparent)
+    ORDER BY stream_id, seq
 ), fresh AS (
     INSERT INTO processed_messages (stream_id, stream_seq)
-    SELECT b.stream_id, b.seq FROM batch b JOIN streams s ON s.id = b.stream_id
-    WHERE b.seq > s.floor_seq
+    SELECT b.stream_id, b.seq FROM batch b LEFT JOIN streams s ON s.id = b.stream_id
+    WHERE {MAY_COUNT}
     ORDER BY b.stream_id, b.seq
     ON CONFLICT DO NOTHING
     RETURNING stream_id, stream_seq
@@ -129,17 +200,23 @@ WITH batch AS (
             unique_processed = c.unique_processed + excluded.unique_processed
 )
 SELECT topic, received, uniq AS "unique" FROM counts
-"#;
+"#
+    )
+}
 
-const INSERT_DEAD_LETTERS: &str = r#"
+fn insert_dead_letters_sql() -> String {
+    format!(
+        r#"
 WITH dl AS (
-    SELECT * FROM unnest($2::int[], $3::bigint[], $4::text[], $5::bytea[], $6::int[], $7::text[])
+    SELECT DISTINCT ON (stream_id, seq) *
+    FROM unnest($2::int[], $3::bigint[], $4::text[], $5::bytea[], $6::int[], $7::text[])
         AS d(stream_id, seq, subject, raw, raw_size, reason)
+    ORDER BY stream_id, seq
 ), fresh AS (
     INSERT INTO processed_messages (stream_id, stream_seq)
-    SELECT d.stream_id, d.seq FROM dl d JOIN streams s ON s.id = d.stream_id
-    WHERE d.seq > s.floor_seq
-    ORDER BY d.stream_id, d.seq
+    SELECT b.stream_id, b.seq FROM dl b LEFT JOIN streams s ON s.id = b.stream_id
+    WHERE {MAY_COUNT}
+    ORDER BY b.stream_id, b.seq
     ON CONFLICT DO NOTHING
     RETURNING stream_id, stream_seq
 ), ins AS (
@@ -155,7 +232,15 @@ WITH dl AS (
     ON CONFLICT (shard) DO UPDATE SET count = c.count + excluded.count
 )
 SELECT count(*)::bigint FROM ins
-"#;
+"#
+    )
+}
+
+/// The statements, built once.
+fn statements() -> &'static (String, String) {
+    static SQL: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| (insert_events_sql(), insert_dead_letters_sql()))
+}
 
 /// Writes one batch in one transaction. `shard` is the caller's counter shard.
 ///
@@ -166,7 +251,37 @@ pub async fn write_batch(
     shard: i16,
     records: &[Record],
     dead: &[DeadLetter],
+) -> Result<BatchOutcome, WriteError> {
+    match write_batch_tx(pool, shard, records, dead).await {
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some(STREAM_FK) => {
+            let ids: Vec<i32> = records
+                .iter()
+                .map(|r| r.stream_id)
+                .chain(dead.iter().map(|d| d.stream_id))
+                .collect();
+            let unknown: Vec<i32> = sqlx::query_scalar(
+                "SELECT DISTINCT x FROM unnest($1::int[]) x
+                 WHERE NOT EXISTS (SELECT 1 FROM streams WHERE id = x) ORDER BY x",
+            )
+            .bind(&ids)
+            .fetch_all(pool)
+            .await?;
+            Err(WriteError::UnknownStreams(unknown))
+        }
+        other => other.map_err(WriteError::Db),
+    }
+}
+
+/// The foreign key that rejects a processed record of an unknown stream.
+const STREAM_FK: &str = "processed_messages_stream_id_fkey";
+
+async fn write_batch_tx(
+    pool: &PgPool,
+    shard: i16,
+    records: &[Record],
+    dead: &[DeadLetter],
 ) -> sqlx::Result<BatchOutcome> {
+    let (insert_events, insert_dead_letters) = statements();
     let mut outcome = BatchOutcome::default();
     if records.is_empty() && dead.is_empty() {
         return Ok(outcome);
@@ -197,7 +312,7 @@ pub async fn write_batch(
             payloads.push(r.event.payload_json());
             traces.push(r.traceparent.as_deref());
         }
-        let topics: Vec<TopicDelta> = sqlx::query_as(INSERT_EVENTS)
+        let topics: Vec<TopicDelta> = sqlx::query_as(insert_events)
             .bind(shard)
             .bind(&stream_ids)
             .bind(&seqs)
@@ -222,7 +337,7 @@ pub async fn write_batch(
         let raws: Vec<&[u8]> = dead.iter().map(|d| d.raw.as_slice()).collect();
         let sizes: Vec<i32> = dead.iter().map(|d| d.raw_size).collect();
         let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
-        let n: i64 = sqlx::query_scalar(INSERT_DEAD_LETTERS)
+        let n: i64 = sqlx::query_scalar(insert_dead_letters)
             .bind(shard)
             .bind(&stream_ids)
             .bind(&seqs)

@@ -34,10 +34,16 @@ impl Store {
         let options = PgConnectOptions::from_str(database_url)
             .context("DATABASE_URL is not a valid PostgreSQL URL")?
             .application_name("aggregator")
-            // Every statement here has the same good plan whatever its parameters (batch
-            // writes over UNNEST arrays, index lookups): plan once per connection instead of
-            // re-planning each batch (planning was ~15% of a batch write).
-            .options([("plan_cache_mode", "force_generic_plan")])
+            .options([
+                // Every statement here has the same good plan whatever its parameters (batch
+                // writes over UNNEST arrays, index lookups): plan once per connection instead
+                // of re-planning each batch (planning was ~15% of a batch write).
+                ("plan_cache_mode", "force_generic_plan"),
+                // A transaction abandoned mid-way (a write that timed out, a task cancelled)
+                // keeps its locks until its connection is used again; the server ends such
+                // a session after a minute so it cannot hold the compaction lock for good.
+                ("idle_in_transaction_session_timeout", "60s"),
+            ])
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
         create_database_if_missing(&options).await?;
@@ -67,18 +73,124 @@ impl Store {
         )
     }
 
-    /// The id of a stream incarnation (name + creation time), registering it on first sight.
-    pub async fn register_stream(&self, name: &str, created_ns: &str) -> sqlx::Result<i32> {
-        sqlx::query_scalar(
-            "INSERT INTO streams (name, created_ns) VALUES ($1, $2)
-             ON CONFLICT (name, created_ns) DO UPDATE SET name = excluded.name
-             RETURNING id",
+    /// Registers a stream incarnation on first sight and returns what the database knows of
+    /// it. `adopt_created_ns`: the stream was just given its identity; a row registered for it
+    /// by an earlier version (keyed by its creation time) is taken over, so its processed
+    /// record carries on.
+    pub async fn register_stream(
+        &self,
+        name: &str,
+        incarnation: &str,
+        adopt_created_ns: Option<&str>,
+    ) -> sqlx::Result<StreamRecord> {
+        let mut id: Option<i32> = None;
+        if let Some(created_ns) = adopt_created_ns {
+            id = sqlx::query_scalar(
+                "UPDATE streams SET incarnation = $3
+                 WHERE name = $1 AND created_ns = $2 AND incarnation IS NULL RETURNING id",
+            )
+            .bind(name)
+            .bind(created_ns)
+            .bind(incarnation)
+            .fetch_optional(&self.pool)
+            .await?;
+        }
+        // The id is derived from the identity (see the migration); a clash with another
+        // incarnation's id moves on to the next candidate.
+        let mut candidate = stream_id_for(name, incarnation);
+        while id.is_none() {
+            sqlx::query(
+                "INSERT INTO streams (id, name, incarnation) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(candidate)
+            .bind(name)
+            .bind(incarnation)
+            .execute(&self.pool)
+            .await?;
+            id = sqlx::query_scalar("SELECT id FROM streams WHERE name = $1 AND incarnation = $2")
+                .bind(name)
+                .bind(incarnation)
+                .fetch_optional(&self.pool)
+                .await?;
+            candidate = if candidate == i32::MAX {
+                1
+            } else {
+                candidate + 1
+            };
+        }
+        let id = id.unwrap_or_default();
+        let (floor_seq, highest_seq): (i64, i64) = sqlx::query_as(
+            "SELECT floor_seq, greatest(floor_seq, coalesce(
+                 (SELECT max(stream_seq) FROM processed_messages WHERE stream_id = $1), 0))
+             FROM streams WHERE id = $1",
         )
-        .bind(name)
-        .bind(created_ns)
+        .bind(id)
         .fetch_one(&self.pool)
-        .await
+        .await?;
+        Ok(StreamRecord {
+            id,
+            floor_seq,
+            highest_seq,
+        })
     }
+
+    /// The name and identity of a registered stream incarnation.
+    pub async fn stream_identity(&self, id: i32) -> sqlx::Result<Option<(String, Option<String>)>> {
+        sqlx::query_as("SELECT name, incarnation FROM streams WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Every registered stream incarnation's id.
+    pub async fn stream_ids(&self) -> sqlx::Result<Vec<i32>> {
+        sqlx::query_scalar("SELECT id FROM streams ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Runs `f` while holding the cluster-wide set-up lock (a transaction-scoped advisory
+    /// lock), so that replicas starting together take turns at one-time set-up steps.
+    pub async fn with_setup_lock<T, F, Fut>(&self, f: F) -> anyhow::Result<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let mut tx = self.pool.begin().await.context("set-up lock")?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SETUP_LOCK)
+            .execute(&mut *tx)
+            .await
+            .context("set-up lock")?;
+        let result = f().await;
+        // Ending the transaction releases the lock; if that fails the session is gone, and
+        // the lock with it.
+        let _ = tx.rollback().await;
+        result
+    }
+}
+
+/// What the database knows of a stream incarnation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamRecord {
+    pub id: i32,
+    /// Every sequence at or below it is processed (or gone from the stream).
+    pub floor_seq: i64,
+    /// The highest sequence processed so far.
+    pub highest_seq: i64,
+}
+
+/// Advisory lock key for one-time set-up steps shared by replicas ("aggrsetu").
+const SETUP_LOCK: i64 = 0x6167_6772_7365_7475;
+
+/// The preferred `streams.id` of an incarnation: a hash of its identity in 1..=i32::MAX.
+fn stream_id_for(name: &str, incarnation: &str) -> i32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(name.as_bytes());
+    h.update(&[0]);
+    h.update(incarnation.as_bytes());
+    ((h.finalize() & 0x7fff_ffff) as i32).max(1)
 }
 
 impl Store {
