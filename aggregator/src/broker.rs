@@ -1,22 +1,30 @@
-//! NATS JetStream set-up: the stream, the durable pull consumer and the stream's identity.
+//! NATS JetStream set-up: the stream, its identity and the durable pull consumer.
 //!
 //! Creation is idempotent so that several replicas can start at once: each one gets the
 //! stream/consumer if it exists and creates it otherwise; losing a creation race is followed
 //! by another get.
+//!
+//! # Stream identity
+//!
+//! Processed messages are keyed by (stream incarnation, sequence): a deleted and re-created
+//! stream restarts its sequences at 1 and must not be mistaken for the old one. The
+//! incarnation is a random token the aggregator stamps into the stream's own configuration
+//! when it creates the stream (or first meets one without it): metadata key
+//! [`IDENTITY_KEY`] on nats-server 2.10 and later, a `[aggregator.incarnation=...]` tag in
+//! the description on older servers, which drop metadata. Every node of a cluster answers
+//! with the same configuration, a restore or an upgrade keeps it, and a stream created anew
+//! gets a new one. The stream's `created` time is none of these: nodes, restores and
+//! idempotent re-creates have been seen to report different ones for the same stream.
 
 use crate::config::Config;
 use anyhow::Context;
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
 use std::time::Duration;
 
-/// The consumer and the identity of the stream incarnation it belongs to.
-pub struct Subscription {
-    pub consumer: consumer::PullConsumer,
-    /// Stream name and creation time in nanoseconds: a deleted and re-created stream gets a
-    /// new identity even though its sequence numbers start again at 1.
-    pub stream_name: String,
-    pub stream_created_ns: String,
-}
+/// Metadata key (and description tag) holding a stream's incarnation token.
+pub const IDENTITY_KEY: &str = "aggregator.incarnation";
 
 pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
     // A cluster is a comma-separated list; the client fails over between its servers.
@@ -57,44 +65,172 @@ pub fn consumer_config(config: &Config) -> consumer::pull::Config {
     }
 }
 
-/// Gets or creates the stream and the consumer, retrying briefly on creation races.
-pub async fn subscribe(js: &jetstream::Context, config: &Config) -> anyhow::Result<Subscription> {
+/// The incarnation token a stream configuration carries, if any.
+pub fn identity_of(config: &stream::Config) -> Option<String> {
+    if let Some(token) = config.metadata.get(IDENTITY_KEY) {
+        return Some(token.clone());
+    }
+    let description = config.description.as_deref()?;
+    let start = description.find(&format!("[{IDENTITY_KEY}="))? + IDENTITY_KEY.len() + 2;
+    let len = description[start..].find(']')?;
+    Some(description[start..start + len].to_owned()).filter(|t| !t.is_empty())
+}
+
+/// Whether the server keeps stream metadata (nats-server 2.10 and later).
+fn keeps_metadata(client: &async_nats::Client) -> bool {
+    let version = client.server_info().version;
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (2, 10),
+        _ => true,
+    }
+}
+
+/// `config` carrying `token` as its identity, where this server keeps it.
+fn stamped(client: &async_nats::Client, mut config: stream::Config, token: &str) -> stream::Config {
+    if keeps_metadata(client) {
+        config
+            .metadata
+            .insert(IDENTITY_KEY.to_owned(), token.to_owned());
+    } else {
+        let tag = format!("[{IDENTITY_KEY}={token}]");
+        config.description = Some(match config.description.take() {
+            Some(d) if !d.is_empty() => format!("{d} {tag}"),
+            _ => tag,
+        });
+    }
+    config
+}
+
+fn new_token() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Gets the stream, or creates it carrying a new identity. Returns the stream (with fresh
+/// info) and its identity, `None` when it exists without one (see [`stamp_identity`]).
+pub async fn ensure_stream(
+    client: &async_nats::Client,
+    config: &Config,
+) -> anyhow::Result<(stream::Stream, Option<String>)> {
+    let js = jetstream::new(client.clone());
     let mut last_err = None;
     for attempt in 0..5u32 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
         }
-        let stream = match js.get_or_create_stream(stream_config(config)).await {
-            Ok(s) => s,
+        // A create racing another replica's fails (the configurations differ in their
+        // identity): the next get finds the winner's stream.
+        let wanted = stamped(client, stream_config(config), &new_token());
+        match js.get_or_create_stream(wanted).await {
+            Ok(stream) => {
+                let identity = identity_of(&stream.cached_info().config);
+                return Ok((stream, identity));
+            }
             Err(e) => {
                 last_err = Some(
                     anyhow::Error::new(e)
                         .context(format!("getting or creating stream {}", config.stream_name)),
-                );
-                continue;
+                )
             }
-        };
-        let consumer = match stream
+        }
+    }
+    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("JetStream set-up failed")))
+}
+
+/// Gives an existing stream without an identity one (a stream created by an operator, or by
+/// an earlier version). Call it holding a lock shared by every replica: two replicas stamping
+/// at once would each believe its own token. Returns the identity the stream carries now.
+pub async fn stamp_identity(
+    client: &async_nats::Client,
+    config: &Config,
+) -> anyhow::Result<String> {
+    let js = jetstream::new(client.clone());
+    let mut stream = js
+        .get_stream(&config.stream_name)
+        .await
+        .with_context(|| format!("reading stream {}", config.stream_name))?;
+    let current = stream.info().await?.config.clone();
+    if let Some(token) = identity_of(&current) {
+        return Ok(token);
+    }
+    let token = new_token();
+    js.update_stream(stamped(client, current, &token))
+        .await
+        .with_context(|| format!("stamping an identity into stream {}", config.stream_name))?;
+    let info = stream.info().await?;
+    identity_of(&info.config).with_context(|| {
+        format!(
+            "stream {} did not keep its identity (metadata {IDENTITY_KEY} or its description tag)",
+            config.stream_name
+        )
+    })
+}
+
+/// Gets or creates the durable consumer, retrying briefly on creation races.
+pub async fn ensure_consumer(
+    stream: &stream::Stream,
+    config: &Config,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let mut last_err = None;
+    for attempt in 0..5u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+        }
+        match stream
             .get_or_create_consumer(&config.consumer_name, consumer_config(config))
             .await
         {
-            Ok(c) => c,
+            Ok(c) => return Ok(c),
             Err(e) => {
                 last_err = Some(anyhow::Error::new(e).context(format!(
                     "getting or creating consumer {}",
                     config.consumer_name
-                )));
-                continue;
+                )))
             }
-        };
-        let created = stream.cached_info().created.unix_timestamp_nanos();
-        return Ok(Subscription {
-            consumer,
-            stream_name: config.stream_name.clone(),
-            stream_created_ns: created.to_string(),
-        });
+        }
     }
     Err(last_err.unwrap_or_else(|| anyhow::anyhow!("JetStream set-up failed")))
+}
+
+/// How many sequences from `first` on (up to `last`) the incarnation `identity` of stream
+/// `name` no longer holds: everything when the stream is gone or was re-created, the part
+/// below its first sequence (purged or expired), then message by message (deleted ones), at
+/// most `max_lookups` lookups. 0 when NATS does not answer. Only compaction asks, and a wrong
+/// "gone" costs nothing but a record kept below the floor (see `store::compact`).
+pub async fn gone_prefix(
+    js: &jetstream::Context,
+    name: &str,
+    identity: &str,
+    first: i64,
+    last: i64,
+    max_lookups: u32,
+) -> i64 {
+    let len = last - first + 1;
+    let stream = match js.get_stream(name).await {
+        Ok(s) => s,
+        Err(e) => {
+            let not_found = matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND);
+            return if not_found { len } else { 0 };
+        }
+    };
+    let info = stream.cached_info();
+    if identity_of(&info.config).as_deref() != Some(identity) {
+        return len;
+    }
+    let first_held = i64::try_from(info.state.first_sequence).unwrap_or(i64::MAX);
+    let mut gone = (first_held - first).clamp(0, len);
+    for _ in 0..max_lookups {
+        if gone == len {
+            break;
+        }
+        let seq = u64::try_from(first + gone).unwrap_or(0);
+        match stream.get_raw_message(seq).await {
+            Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => gone += 1,
+            _ => break,
+        }
+    }
+    gone
 }
 
 /// Messages the consumer has not delivered yet, or `None` when NATS does not answer.
@@ -110,4 +246,22 @@ pub async fn consumer_pending(js: &jetstream::Context, config: &Config) -> Optio
         .await
         .ok()
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_read_from_metadata_or_the_description_tag() {
+        let mut c = stream::Config::default();
+        assert_eq!(identity_of(&c), None);
+        c.description = Some("telemetry [aggregator.incarnation=abc-1] kept".into());
+        assert_eq!(identity_of(&c).as_deref(), Some("abc-1"));
+        c.metadata.insert(IDENTITY_KEY.into(), "meta".into());
+        assert_eq!(identity_of(&c).as_deref(), Some("meta"));
+        c.metadata.clear();
+        c.description = Some("[aggregator.incarnation=]".into());
+        assert_eq!(identity_of(&c), None);
+    }
 }

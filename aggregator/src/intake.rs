@@ -22,6 +22,65 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// The durable consumer, and the id under which the database knows its stream's incarnation.
+pub struct Subscription {
+    pub consumer: async_nats::jetstream::consumer::PullConsumer,
+    pub stream_id: i32,
+}
+
+/// Sets up the stream (with its identity, see [`broker`]), registers its incarnation in the
+/// database and gets the consumer. Giving a stream its identity and registering it happen
+/// under a lock shared by every replica, so replicas starting together agree on one
+/// incarnation.
+///
+/// Refuses a stream whose sequences end below what was already processed under its identity:
+/// it was re-created with a copied identity (or lost messages), and its new messages would be
+/// taken as already counted.
+pub async fn subscribe(
+    client: &async_nats::Client,
+    store: &Store,
+    cfg: &crate::config::Config,
+) -> anyhow::Result<Subscription> {
+    let (mut stream, identity) = broker::ensure_stream(client, cfg).await?;
+    let created_ns = stream
+        .cached_info()
+        .created
+        .unix_timestamp_nanos()
+        .to_string();
+    let record = store
+        .with_setup_lock(|| async {
+            let (identity, adopt) = match identity {
+                Some(identity) => (identity, None),
+                None => (
+                    broker::stamp_identity(client, cfg).await?,
+                    Some(created_ns.as_str()),
+                ),
+            };
+            let record = store
+                .register_stream(&cfg.stream_name, &identity, adopt)
+                .await?;
+            Ok((identity, record))
+        })
+        .await;
+    let (identity, record) = record?;
+    let last_seq = i64::try_from(stream.info().await?.state.last_sequence).unwrap_or(i64::MAX);
+    anyhow::ensure!(
+        last_seq >= record.highest_seq,
+        "stream {} ends at sequence {last_seq}, but sequences up to {} were already processed \
+         under its identity {identity}: it was re-created with a copied identity (or lost \
+         messages), and its new messages would be taken as counted. Remove the metadata key \
+         (or description tag) {} from the stream to give it a new identity.",
+        cfg.stream_name,
+        record.highest_seq,
+        broker::IDENTITY_KEY,
+    );
+    let consumer = broker::ensure_consumer(&stream, cfg).await?;
+    Ok(Subscription {
+        consumer,
+        stream_id: record.id,
+    })
+}
+
 /// A message taken from the stream, waiting to be written.
 pub struct Delivery {
     pub msg: jetstream::Message,
@@ -88,11 +147,11 @@ pub fn decode(
 /// Runs until `shutdown` is cancelled, then drops the sender so the workers drain and stop.
 pub async fn run(
     state: SharedState,
-    js: jetstream::Context,
+    client: async_nats::Client,
     store: Store,
     txs: Vec<mpsc::Sender<Delivery>>,
     shutdown: CancellationToken,
-    mut subscription: Option<broker::Subscription>,
+    mut subscription: Option<Subscription>,
 ) {
     let cfg = &state.config;
     let limits = Limits {
@@ -101,7 +160,7 @@ pub async fn run(
     while !shutdown.is_cancelled() {
         let sub = match subscription.take() {
             Some(s) => s,
-            None => match broker::subscribe(&js, cfg).await {
+            None => match subscribe(&client, &store, cfg).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "JetStream set-up failed; retrying");
@@ -110,18 +169,7 @@ pub async fn run(
                 }
             },
         };
-        let stream_id = match store
-            .register_stream(&sub.stream_name, &sub.stream_created_ns)
-            .await
-        {
-            Ok(id) => id,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot register the stream incarnation; retrying");
-                subscription = Some(sub);
-                pause(&shutdown, Duration::from_secs(1)).await;
-                continue;
-            }
-        };
+        let stream_id = sub.stream_id;
         let batch = (cfg.batch_size as usize).clamp(100, 2000);
         let mut messages = match sub
             .consumer
@@ -140,7 +188,7 @@ pub async fn run(
                 continue;
             }
         };
-        tracing::info!(stream_id, stream = %sub.stream_name, "pulling messages");
+        tracing::info!(stream_id, stream = %cfg.stream_name, "pulling messages");
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => {

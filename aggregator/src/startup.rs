@@ -8,17 +8,19 @@
 
 use crate::config::Config;
 use crate::guard::breaker::CircuitBreaker;
-use crate::guard::replay::Monitor;
+use crate::guard::replay::{Monitor, ReplaySettings};
 use crate::guard::retry::Backoff;
 use crate::guard::wal::{Recovery, Wal};
 use crate::guard::WriteGuard;
 use crate::intake::{self, Delivery};
 use crate::shutdown::CancellationToken;
+use crate::source::JetStreamSource;
 use crate::state::{AppState, SharedState};
-use crate::store::{compact, Store};
+use crate::store::batch::COUNTER_SHARDS;
+use crate::store::Store;
 use crate::telemetry::names;
 use crate::worker::{Failpoint, Worker};
-use crate::{api, broker};
+use crate::{api, broker, housekeeping};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
@@ -26,9 +28,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// Counter shards per topic; each worker writes to its own one.
-pub const COUNTER_SHARDS: u16 = 64;
 
 /// Runs the service until `shutdown` is cancelled and everything in flight is settled.
 pub async fn run(
@@ -50,7 +49,7 @@ pub async fn run(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let http = tokio::spawn(async move { server.await });
 
-    let result = run_pipeline(&state, &shutdown, wal, recovery).await;
+    let result = run_pipeline(&state, &shutdown, wal).await;
     shutdown.cancel();
     match http.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server error"),
@@ -64,7 +63,6 @@ async fn run_pipeline(
     state: &SharedState,
     shutdown: &CancellationToken,
     wal: Wal,
-    recovery: Recovery,
 ) -> anyhow::Result<()> {
     let cfg = &state.config;
     let Some(store) = retry_until("PostgreSQL", shutdown, || {
@@ -80,7 +78,7 @@ async fn run_pipeline(
         cfg.subject_prefix.clone(),
         CircuitBreaker::new(cfg.circuit_breaker_threshold, cfg.circuit_breaker_timeout),
         Backoff {
-            max_retries: cfg.max_retries,
+            attempts: cfg.max_retries,
             base: cfg.retry_delay,
         },
         cfg.write_timeout,
@@ -94,8 +92,10 @@ async fn run_pipeline(
     };
     let _ = state.nats.set(client.clone());
     let js = async_nats::jetstream::new(client.clone());
-    let Some(subscription) =
-        retry_until("JetStream", shutdown, || broker::subscribe(&js, cfg)).await
+    let Some(subscription) = retry_until("JetStream", shutdown, || {
+        intake::subscribe(&client, &store, cfg)
+    })
+    .await
     else {
         return Ok(());
     };
@@ -107,7 +107,7 @@ async fn run_pipeline(
         .unzip();
     let intake = tokio::spawn(intake::run(
         state.clone(),
-        js.clone(),
+        client.clone(),
         store.clone(),
         txs,
         shutdown.clone(),
@@ -116,22 +116,29 @@ async fn run_pipeline(
     let failpoint = Arc::new(Failpoint::from_env());
     let solo = Arc::new(tokio::sync::RwLock::new(()));
     let offset: u16 = rand::random::<u16>() % COUNTER_SHARDS;
+    let source = Arc::new(JetStreamSource::new(
+        js.clone(),
+        store.clone(),
+        cfg.subject_prefix.clone(),
+        shared::Limits {
+            max_payload_bytes: cfg.max_payload_bytes as usize,
+        },
+    ));
+    let metrics_state = state.clone();
     let monitor = Monitor {
-        state: state.clone(),
         guard: guard.clone(),
-        js: Some(js.clone()),
-        shard: ((offset + cfg.workers) % COUNTER_SHARDS) as i16,
+        source: source.clone(),
+        on_commit: Arc::new(move |o| crate::worker::record_outcome_metrics(&metrics_state, o)),
+        settings: ReplaySettings {
+            interval: cfg.health_check_interval,
+            chunk: cfg.replay_batch as usize,
+            lanes: usize::from(cfg.workers),
+            shards: (
+                ((offset + cfg.workers) % COUNTER_SHARDS) as i16,
+                COUNTER_SHARDS as i16,
+            ),
+        },
     };
-    // Records damaged on disk before this start are fetched back from the stream and logged
-    // again, so the monitor replays them with the rest.
-    let recovered = monitor.recover_from_stream(&recovery.corrupt).await;
-    if !recovered.is_empty() {
-        let n = recovered.len();
-        guard
-            .with_wal(move |w| w.append(&recovered).map(|_| ()))
-            .await?;
-        tracing::warn!(records = n, "damaged WAL records recovered from JetStream");
-    }
     monitor.tick().await;
     let monitor_task = tokio::spawn(monitor.run(shutdown.clone()));
     let workers: Vec<_> = (0..cfg.workers)
@@ -150,8 +157,9 @@ async fn run_pipeline(
             tokio::spawn(worker.run())
         })
         .collect();
-    let compactor = tokio::spawn(compact_forever(
+    let compactor = tokio::spawn(housekeeping::run(
         store.clone(),
+        source,
         cfg.compact_interval,
         cfg.retention,
         shutdown.clone(),
@@ -206,45 +214,6 @@ where
     }
 }
 
-/// Housekeeping every `every`: compaction of the processed-message record, and retention.
-async fn compact_forever(
-    store: Store,
-    every: Duration,
-    retention: Option<Duration>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        let ids: Vec<i32> = match sqlx::query_scalar("SELECT id FROM streams")
-            .fetch_all(store.pool())
-            .await
-        {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::debug!(error = %e, "compaction skipped");
-                continue;
-            }
-        };
-        for id in ids {
-            match compact::compact_stream(store.pool(), id, 50_000).await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(stream_id = id, deleted = n, "compacted processed record"),
-                Err(e) => tracing::debug!(error = %e, "compaction failed"),
-            }
-        }
-        if let Some(keep) = retention.and_then(|r| chrono::Duration::from_std(r).ok()) {
-            match compact::apply_retention(store.pool(), chrono::Utc::now() - keep, 5_000).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "retention: deleted old events"),
-                Err(e) => tracing::warn!(error = %e, "retention failed"),
-            }
-        }
-    }
-}
-
 fn report_recovery(r: &Recovery) {
     if r.truncated_tail_bytes > 0 {
         metrics::counter!(names::WAL_TRUNCATED_BYTES).increment(r.truncated_tail_bytes);
@@ -256,7 +225,7 @@ fn report_recovery(r: &Recovery) {
     if !r.corrupt.is_empty() {
         tracing::warn!(
             records = r.corrupt.len(),
-            "WAL: damaged records found; moved to quarantine.jsonl"
+            "WAL: damaged records found; replay fetches them again from JetStream"
         );
     }
     tracing::info!(

@@ -25,8 +25,6 @@ pub struct AppState {
     pub topic_labels: TopicLabels,
     /// The write guard (breaker, WAL), once start-up created it.
     pub guard: OnceLock<Arc<WriteGuard>>,
-    /// The health monitor's last verdict on the database.
-    pub db_up: AtomicBool,
     /// Admission control for `POST /publish` (`MAX_CONCURRENT_PUBLISH`).
     pub publish_slots: tokio::sync::Semaphore,
 }
@@ -39,7 +37,6 @@ impl AppState {
         Arc::new(Self {
             topic_labels,
             guard: OnceLock::new(),
-            db_up: AtomicBool::new(false),
             publish_slots: tokio::sync::Semaphore::new(config.max_concurrent_publish as usize),
             config,
             started: Instant::now(),

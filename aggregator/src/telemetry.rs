@@ -98,6 +98,7 @@ pub mod names {
     pub const WAL_RECOVERED: &str = "aggregator_wal_recovered_from_stream_total";
     pub const WAL_UNRECOVERABLE: &str = "aggregator_wal_unrecoverable_records_total";
     pub const WAL_FULL: &str = "aggregator_wal_full_total";
+    pub const WAL_REPLAY_REFUSED: &str = "aggregator_wal_replay_refused_total";
     pub const POISON_ISOLATED: &str = "aggregator_poison_messages_total";
     pub const PUBLISHED: &str = "aggregator_http_published_events_total";
 }

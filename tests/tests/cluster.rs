@@ -352,7 +352,7 @@ async fn cluster_failover_keeps_counts_exact() {
     let unique = int(&first, "unique") + int(&second, "unique");
     // One stream, one incarnation, whichever node answered each replica's set-up.
     let incarnations: Vec<(i32, String)> =
-        sqlx::query_as("SELECT id, created_ns FROM streams ORDER BY id")
+        sqlx::query_as("SELECT id, incarnation FROM streams ORDER BY id")
             .fetch_all(&env.db().await)
             .await
             .unwrap();

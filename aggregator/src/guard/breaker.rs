@@ -2,7 +2,10 @@
 //!
 //! * CLOSED: writes go through; `threshold` consecutive failures open it.
 //! * OPEN: writes are refused (the caller sends batches to the WAL) until `timeout` has
-//!   passed; then the next caller becomes the single probe and the breaker is HALF_OPEN.
+//!   passed since it opened; then the next caller becomes the single probe and the breaker is
+//!   HALF_OPEN. Results of writes that started before it opened change nothing: a late
+//!   failure does not push the probe back (a steady stream of them would keep it OPEN
+//!   forever), a late success does not close it (only the probe does, DESIGN.md).
 //! * HALF_OPEN: only the probe writes; its success closes the breaker, its failure opens it
 //!   again for another `timeout`.
 //!
@@ -118,14 +121,19 @@ impl CircuitBreaker {
         }
     }
 
-    /// A write (or any proof that the database works, e.g. a replayed chunk) succeeded.
+    /// A write succeeded: resets the failure count; the probe's success closes the breaker.
     pub fn on_success(&self) {
         let mut s = self.lock();
-        s.consecutive_failures = 0;
-        s.probe_in_flight = false;
-        s.opened_at = None;
-        if s.state != State::Closed {
-            transition(&mut s, State::Closed);
+        match s.state {
+            State::Closed => s.consecutive_failures = 0,
+            State::HalfOpen => {
+                s.consecutive_failures = 0;
+                s.probe_in_flight = false;
+                s.opened_at = None;
+                transition(&mut s, State::Closed);
+            }
+            // Only the probe may close it.
+            State::Open => {}
         }
     }
 
@@ -136,19 +144,21 @@ impl CircuitBreaker {
 
     pub fn on_failure_at(&self, now: Instant) {
         let mut s = self.lock();
-        s.consecutive_failures = s.consecutive_failures.saturating_add(1);
         match s.state {
             State::HalfOpen => {
                 s.probe_in_flight = false;
                 s.opened_at = Some(now);
                 transition(&mut s, State::Open);
             }
-            State::Closed if s.consecutive_failures >= self.threshold => {
-                s.opened_at = Some(now);
-                transition(&mut s, State::Open);
+            State::Closed => {
+                s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+                if s.consecutive_failures >= self.threshold {
+                    s.opened_at = Some(now);
+                    transition(&mut s, State::Open);
+                }
             }
-            State::Open => s.opened_at = Some(now),
-            State::Closed => {}
+            // A write that started before the breaker opened: the timer stays.
+            State::Open => {}
         }
     }
 
@@ -228,6 +238,34 @@ mod tests {
         assert_eq!(b.state(), State::Open);
         assert_eq!(b.permit_at(t1 + Duration::from_secs(29)), Permit::Refused);
         assert_eq!(b.permit_at(t1 + Duration::from_secs(30)), Permit::Probe);
+    }
+
+    #[test]
+    fn failures_while_open_do_not_push_the_probe_back() {
+        let (b, t) = breaker();
+        for _ in 0..3 {
+            b.on_failure_at(t);
+        }
+        // Writes that started before it opened keep failing, every few seconds.
+        for s in 1..30 {
+            b.on_failure_at(t + Duration::from_secs(s));
+        }
+        assert_eq!(b.permit_at(t + Duration::from_secs(30)), Permit::Probe);
+    }
+
+    #[test]
+    fn only_the_probe_closes_an_open_breaker() {
+        let (b, t) = breaker();
+        for _ in 0..3 {
+            b.on_failure_at(t);
+        }
+        // A write that started before it opened succeeds: still OPEN until the probe.
+        b.on_success();
+        assert_eq!(b.state(), State::Open);
+        assert_eq!(b.permit_at(t + Duration::from_secs(1)), Permit::Refused);
+        assert_eq!(b.permit_at(t + Duration::from_secs(30)), Permit::Probe);
+        b.on_success();
+        assert_eq!(b.state(), State::Closed);
     }
 
     #[test]

@@ -4,14 +4,21 @@
 //! or appended to the WAL and fsynced. Only then may the worker acknowledge it.
 //!
 //! * [`breaker`]: circuit breaker; while OPEN, batches go straight to the WAL.
-//! * [`retry`]: backoff schedule (immediate, 1s, 2s, 4s, 8s, ±20% jitter).
+//! * [`retry`]: the attempt schedule (at once, then 1s, 2s, 4s, 8s, ±20% jitter).
 //! * [`wal`]: the write-ahead log on local disk.
 //! * [`replay`]: the health monitor that pings the database and replays the WAL.
+//!
+//! Per the seed design (DESIGN.md): a batch first asks the breaker. CLOSED: it gets the whole
+//! attempt schedule, every failure counted by the breaker (which may open meanwhile; the
+//! batch still finishes its schedule), then goes to the WAL. OPEN: straight to the WAL.
+//! HALF_OPEN: the one probe gets one attempt; its result closes or reopens the breaker.
 //!
 //! A write that fails because of the data (a Postgres data exception, not a connection
 //! problem) says nothing about the database's health: the batch is split in halves until the
 //! offending message is alone, and that message becomes a dead letter. Its batch-mates are
-//! stored normally.
+//! stored normally. A write of records whose stream the database does not know says nothing
+//! about its health either: it is [`WriteFailure::UnknownStreams`], never retried as an
+//! outage and never taken as "already processed".
 
 pub mod breaker;
 pub mod replay;
@@ -19,7 +26,7 @@ pub mod retry;
 pub mod wal;
 
 use crate::shutdown::CancellationToken;
-use crate::store::batch::{self, BatchOutcome, DeadLetter, Record};
+use crate::store::batch::{self, BatchOutcome, DeadLetter, Record, WriteError};
 use crate::store::{is_transient, Store};
 use crate::telemetry::names;
 use breaker::{CircuitBreaker, Permit};
@@ -60,9 +67,28 @@ pub struct WriteGuard {
     wal_records: AtomicU64,
 }
 
-/// A transient failure: the database (or the connection to it) did not work.
-#[derive(Debug)]
-pub struct WriteFailed(pub String);
+/// Why a write did not commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// The database (or the connection to it) did not work: worth retrying, and counted by
+    /// the breaker.
+    Unavailable(String),
+    /// Records of stream incarnations the database does not know (a WAL replayed against
+    /// another or a restored database): retrying cannot help and the database is fine; the
+    /// records stay where they are and an operator must look.
+    UnknownStreams(Vec<i32>),
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteFailure::Unavailable(e) => f.write_str(e),
+            WriteFailure::UnknownStreams(ids) => {
+                write!(f, "{}", WriteError::UnknownStreams(ids.clone()))
+            }
+        }
+    }
+}
 
 impl WriteGuard {
     pub fn new(
@@ -145,42 +171,19 @@ impl WriteGuard {
         keepalive: &(dyn Fn() -> futures::future::BoxFuture<'a, ()> + Sync),
         shutdown: &CancellationToken,
     ) -> Option<Settled> {
-        let mut retry = 0;
         let mut wal_failures = 0u32;
         loop {
-            let permit = self.breaker.permit();
-            let mut go_to_wal = permit == Permit::Refused;
-            if !go_to_wal {
-                match self.write(shard, records, dead).await {
-                    Ok(settled) => {
-                        self.breaker.on_success();
-                        return Some(settled);
-                    }
-                    Err(WriteFailed(err)) => {
-                        self.breaker.on_failure();
-                        retry += 1;
-                        metrics::counter!(names::BATCH_RETRIES).increment(1);
-                        match self.backoff.delay(retry) {
-                            Some(delay)
-                                if !shutdown.is_cancelled()
-                                    && self.breaker.state() == breaker::State::Closed =>
-                            {
-                                tracing::warn!(batch_len = records.len(), retry, error = %err,
-                                    delay_ms = delay.as_millis() as u64, "batch write failed; retrying");
-                                keepalive().await;
-                                tokio::time::sleep(delay).await;
-                                continue;
-                            }
-                            _ => {
-                                tracing::warn!(batch_len = records.len(), error = %err,
-                                    breaker = self.breaker.state().as_str(), "batch write failed; writing to the WAL");
-                                go_to_wal = true;
-                            }
-                        }
-                    }
-                }
+            let attempts = match self.breaker.permit() {
+                Permit::Write => self.backoff.attempts,
+                Permit::Probe => 1,
+                Permit::Refused => 0,
+            };
+            if let Some(settled) = self
+                .attempt(shard, records, dead, attempts, keepalive, shutdown)
+                .await
+            {
+                return Some(settled);
             }
-            debug_assert!(go_to_wal);
             match self.append_to_wal(records, dead).await {
                 Ok(()) => {
                     return Some(Settled {
@@ -199,7 +202,6 @@ impl WriteGuard {
                     if shutdown.is_cancelled() {
                         return None;
                     }
-                    retry = 0;
                     keepalive().await;
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
@@ -210,13 +212,62 @@ impl WriteGuard {
         }
     }
 
+    /// Up to `attempts` attempts at the database, on the retry schedule, each result reported
+    /// to the breaker. `None` when none committed (the batch goes to the WAL).
+    async fn attempt<'a>(
+        &self,
+        shard: i16,
+        records: &[Record],
+        dead: &[DeadLetter],
+        attempts: u32,
+        keepalive: &(dyn Fn() -> futures::future::BoxFuture<'a, ()> + Sync),
+        shutdown: &CancellationToken,
+    ) -> Option<Settled> {
+        for attempt in 1..=attempts {
+            match self.write(shard, records, dead).await {
+                Ok(settled) => {
+                    self.breaker.on_success();
+                    return Some(settled);
+                }
+                Err(WriteFailure::Unavailable(err)) => {
+                    self.breaker.on_failure();
+                    metrics::counter!(names::BATCH_RETRIES).increment(1);
+                    let next = self
+                        .backoff
+                        .delay(attempt)
+                        .filter(|_| attempt < attempts && !shutdown.is_cancelled());
+                    let Some(delay) = next else {
+                        tracing::warn!(batch_len = records.len(), attempt, error = %err,
+                            breaker = self.breaker.state().as_str(), "batch write failed; writing to the WAL");
+                        return None;
+                    };
+                    tracing::warn!(batch_len = records.len(), attempt, error = %err,
+                        delay_ms = delay.as_millis() as u64, "batch write failed; retrying");
+                    keepalive().await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(failure @ WriteFailure::UnknownStreams(_)) => {
+                    // No verdict on the database's health.
+                    self.breaker.release_probe();
+                    tracing::error!(batch_len = records.len(), error = %failure,
+                        "batch refused by the database; writing to the WAL");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
     /// One attempt to commit, bounded by `WRITE_TIMEOUT`, isolating poison messages.
     pub async fn write(
         &self,
         shard: i16,
         records: &[Record],
         dead: &[DeadLetter],
-    ) -> Result<Settled, WriteFailed> {
+    ) -> Result<Settled, WriteFailure> {
         match tokio::time::timeout(
             self.write_timeout,
             write_isolating(&self.store, &self.subject_prefix, shard, records, dead),
@@ -224,7 +275,7 @@ impl WriteGuard {
         .await
         {
             Ok(r) => r,
-            Err(_) => Err(WriteFailed(format!(
+            Err(_) => Err(WriteFailure::Unavailable(format!(
                 "batch write timed out after {:?}",
                 self.write_timeout
             ))),
@@ -255,81 +306,78 @@ fn write_isolating<'a>(
     shard: i16,
     records: &'a [Record],
     dead: &'a [DeadLetter],
-) -> Pin<Box<dyn Future<Output = Result<Settled, WriteFailed>> + Send + 'a>> {
+) -> Pin<Box<dyn Future<Output = Result<Settled, WriteFailure>> + Send + 'a>> {
     Box::pin(async move {
         let started = std::time::Instant::now();
         let committed = |outcome: BatchOutcome, dead: &[DeadLetter]| Settled {
             durable: Durable::Committed(outcome),
             dead: dead.iter().map(|d| (d.stream_id, d.seq)).collect(),
         };
-        match batch::write_batch(store.pool(), shard, records, dead).await {
+        let err = match batch::write_batch(store.pool(), shard, records, dead).await {
             Ok(outcome) => {
                 metrics::histogram!(names::BATCH_WRITE_SECONDS)
                     .record(started.elapsed().as_secs_f64());
-                Ok(committed(outcome, dead))
+                return Ok(committed(outcome, dead));
             }
-            Err(e) if is_transient(&e) => Err(WriteFailed(e.to_string())),
-            Err(e) if records.len() <= 1 => {
-                // The data is at fault. A lone record becomes a dead letter; with no records
-                // left, the dead letters themselves are at fault, which our own schema should
-                // make impossible: report it as a failure rather than drop anything.
-                let Some(r) = records.first() else {
-                    return Err(WriteFailed(format!("dead letters rejected: {e}")));
-                };
-                metrics::counter!(names::POISON_ISOLATED).increment(1);
-                tracing::warn!(stream_seq = r.seq, topic = r.event.topic(), error = %e,
-                    "database rejected one event; dead-lettering it");
-                let mut dead = dead.to_vec();
-                dead.push(DeadLetter::new(
-                    r.stream_id,
-                    r.seq,
-                    shared::subject::subject_for(prefix, r.event.topic()),
-                    &r.event.to_json(),
-                    format!("rejected by the database: {e}"),
-                ));
-                match batch::write_batch(store.pool(), shard, &[], &dead).await {
-                    Ok(outcome) => Ok(committed(outcome, &dead)),
-                    Err(e) => Err(WriteFailed(format!("dead letters rejected: {e}"))),
-                }
+            Err(WriteError::UnknownStreams(ids)) => return Err(WriteFailure::UnknownStreams(ids)),
+            Err(WriteError::Db(e)) if is_transient(&e) => {
+                return Err(WriteFailure::Unavailable(e.to_string()))
             }
-            Err(_) => {
-                let (left, right) = records.split_at(records.len() / 2);
-                let a = write_isolating(store, prefix, shard, left, dead).await?;
-                let b = write_isolating(store, prefix, shard, right, &[]).await?;
-                Ok(merge(a, b))
-            }
+            Err(WriteError::Db(e)) => e,
+        };
+        if records.len() > 1 {
+            let (left, right) = records.split_at(records.len() / 2);
+            let a = write_isolating(store, prefix, shard, left, dead).await?;
+            let b = write_isolating(store, prefix, shard, right, &[]).await?;
+            return Ok(merge(a, b));
+        }
+        // The data is at fault. A lone record becomes a dead letter; with no records left,
+        // the dead letters themselves are at fault, which their construction (text Postgres
+        // can hold) and our own schema should make impossible: report it as a failure rather
+        // than drop anything.
+        let Some(r) = records.first() else {
+            return Err(WriteFailure::Unavailable(format!(
+                "dead letters rejected: {err}"
+            )));
+        };
+        metrics::counter!(names::POISON_ISOLATED).increment(1);
+        tracing::warn!(stream_seq = r.seq, topic = r.event.topic(), error = %err,
+            "database rejected one event; dead-lettering it");
+        let mut dead = dead.to_vec();
+        dead.push(DeadLetter::new(
+            r.stream_id,
+            r.seq,
+            shared::subject::subject_for(prefix, r.event.topic()),
+            &r.event.to_json(),
+            format!("rejected by the database: {err}"),
+        ));
+        match batch::write_batch(store.pool(), shard, &[], &dead).await {
+            Ok(outcome) => Ok(committed(outcome, &dead)),
+            Err(WriteError::UnknownStreams(ids)) => Err(WriteFailure::UnknownStreams(ids)),
+            Err(WriteError::Db(e)) => Err(WriteFailure::Unavailable(format!(
+                "dead letters rejected: {e}"
+            ))),
         }
     })
 }
 
+/// Two committed halves of a split batch as one outcome.
 fn merge(a: Settled, b: Settled) -> Settled {
-    let outcome = match (a.durable, b.durable) {
-        (Durable::Committed(x), Durable::Committed(y)) => {
-            let mut topics = x.topics;
-            for t in y.topics {
-                match topics.iter_mut().find(|u| u.topic == t.topic) {
-                    Some(u) => {
-                        u.received += t.received;
-                        u.unique += t.unique;
-                    }
-                    None => topics.push(t),
-                }
-            }
-            BatchOutcome {
-                received: x.received + y.received,
-                unique: x.unique + y.unique,
-                dead_lettered: x.dead_lettered + y.dead_lettered,
-                already_processed: x.already_processed + y.already_processed,
-                topics,
-            }
-        }
-        // write_isolating only ever commits.
-        _ => BatchOutcome::default(),
-    };
+    let outcome = a.outcome().merged(b.outcome());
     let mut dead = a.dead;
     dead.extend(b.dead);
     Settled {
         durable: Durable::Committed(outcome),
         dead,
+    }
+}
+
+impl Settled {
+    /// The committed outcome (empty for a batch that went to the WAL).
+    pub fn outcome(&self) -> BatchOutcome {
+        match &self.durable {
+            Durable::Committed(o) => o.clone(),
+            Durable::Logged => BatchOutcome::default(),
+        }
     }
 }

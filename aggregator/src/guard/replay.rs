@@ -3,114 +3,115 @@
 //! Every `HEALTH_CHECK_INTERVAL` the monitor pings Postgres. When it answers and the WAL holds
 //! records, the monitor seals the active segment and replays the sealed ones, oldest first,
 //! in `REPLAY_BATCH` chunks through the same idempotent, exactly-counted batch write the
-//! workers use. A segment is deleted only after every one of its records is committed, so a
-//! crash mid-replay just replays that segment again: records already committed are
-//! recognised by the processed-message record and not counted twice.
+//! workers use, and through the same circuit breaker: nothing is written while it is OPEN,
+//! and once its timeout has passed the first chunk is the HALF_OPEN probe (so replay never
+//! closes the breaker early, and still closes it when no live traffic comes to probe).
 //!
-//! A WAL line whose body is damaged but whose header (stream incarnation + sequence) is
-//! intact is recovered from JetStream by sequence, when the stream still holds it.
+//! A segment is deleted only after every one of its records is committed, so a crash
+//! mid-replay just replays that segment again: records already committed are recognised by
+//! the processed-message record and not counted twice.
+//!
+//! A damaged WAL line whose header (stream incarnation + sequence) is intact is fetched again
+//! from the stream ([`MessageSource`]) and written with the rest before the segment goes. When
+//! the stream cannot be asked right now the segment waits for a later tick; only a message
+//! the stream no longer holds (or a line whose header is damaged too) is reported lost.
+//! Records of a stream incarnation the database does not know keep their segment, loudly.
 
-use super::wal::{CorruptEntry, WalEntry};
-use super::{Durable, WriteGuard};
+use super::wal::{CorruptEntry, Damaged, WalEntry};
+use super::{Durable, Settled, WriteFailure, WriteGuard};
+use crate::guard::breaker::Permit;
 use crate::shutdown::CancellationToken;
-use crate::startup::COUNTER_SHARDS;
-use crate::state::SharedState;
-use crate::store::batch::{DeadLetter, Record};
+use crate::store::batch::BatchOutcome;
 use crate::telemetry::names;
-use async_nats::jetstream;
+use futures::future::BoxFuture;
 use futures::StreamExt;
-use shared::Limits;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Why a message could not be fetched again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// The stream no longer holds it (deleted, expired, or the stream re-created): lost.
+    Gone(String),
+    /// The stream cannot be asked right now: try again later.
+    Unavailable(String),
+}
+
+/// Where damaged WAL records are fetched again from: the stream, by sequence.
+pub trait MessageSource: Send + Sync {
+    /// Stream message `seq` of incarnation `stream_id`, as a WAL entry.
+    fn fetch(&self, stream_id: i32, seq: i64) -> BoxFuture<'_, Result<WalEntry, FetchError>>;
+}
+
+/// What the monitor needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplaySettings {
+    /// `HEALTH_CHECK_INTERVAL`.
+    pub interval: Duration,
+    /// `REPLAY_BATCH`: records per transaction.
+    pub chunk: usize,
+    /// Chunks written at once, each on its own counter shard from `shards`.
+    pub lanes: usize,
+    /// The first counter shard of this monitor and how many shards there are.
+    pub shards: (i16, i16),
+}
 
 pub struct Monitor {
-    pub state: SharedState,
     pub guard: Arc<WriteGuard>,
-    pub js: Option<jetstream::Context>,
-    pub shard: i16,
+    pub source: Arc<dyn MessageSource>,
+    /// Called with what each replayed chunk committed (metrics).
+    pub on_commit: Arc<dyn Fn(&BatchOutcome) + Send + Sync>,
+    pub settings: ReplaySettings,
+}
+
+/// How a segment's replay ended.
+enum SegmentReplay {
+    /// Committed and removed: how many records.
+    Done(u64),
+    /// Not now (breaker OPEN, database or stream unavailable): stop, try next tick.
+    Later,
+    /// This segment cannot be replayed here (unknown stream): keep it, go on with the next.
+    Kept,
 }
 
 impl Monitor {
     /// Runs until shutdown: the first check happens at once (start-up replays what a previous
     /// run left in the WAL).
     pub async fn run(self, shutdown: CancellationToken) {
-        let every = self.state.config.health_check_interval;
         loop {
             self.tick().await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(self.settings.interval) => {}
             }
         }
     }
 
     /// One health check, and a replay when the database is up and the WAL is not empty.
     pub async fn tick(&self) {
-        let up = self
-            .guard
-            .store()
-            .ping(std::time::Duration::from_secs(2))
-            .await;
-        self.state.db_up.store(up, Ordering::Relaxed);
-        if up && self.guard.wal_records() > 0 {
-            if let Err(e) = self.replay().await {
-                tracing::warn!(error = %e, "WAL replay interrupted; will retry");
-            }
+        if self.guard.wal_records() == 0 && self.guard.wal_bytes() == 0 {
+            return;
+        }
+        if !self.guard.store().ping(Duration::from_secs(2)).await {
+            return;
+        }
+        if let Err(e) = self.replay().await {
+            tracing::warn!(error = %format!("{e:#}"), "WAL replay interrupted; will retry");
         }
     }
 
-    /// Replays every sealed segment. Stops at the first failure (the rest waits for the next
-    /// tick).
+    /// Replays every sealed segment it can now. Returns the records replayed.
     pub async fn replay(&self) -> anyhow::Result<u64> {
         let started = Instant::now();
         self.guard.with_wal(|wal| wal.seal()).await?;
         let segments = self.guard.with_wal(|wal| Ok(wal.sealed_segments())).await?;
-        let chunk = self.state.config.replay_batch as usize;
         let mut replayed = 0u64;
         for segment in segments {
-            let read = self
-                .guard
-                .with_wal(move |wal| wal.read_segment(segment))
-                .await?;
-            let mut entries = read.entries;
-            entries.extend(self.recover_from_stream(&read.corrupt).await);
-            // Chunks are independent and idempotent: write several at once, each on its own
-            // counter shard. The segment goes only when every chunk has committed.
-            let parallel = usize::from(self.state.config.workers).max(1);
-            let chunk_writes: Vec<_> = entries
-                .chunks(chunk)
-                .enumerate()
-                .map(|(i, part)| self.write_chunk(i % parallel, part))
-                .collect();
-            let mut writes = futures::stream::iter(chunk_writes).buffer_unordered(parallel);
-            let mut failure = None;
-            while let Some((n, result)) = writes.next().await {
-                match result {
-                    Ok(settled) => {
-                        if let Durable::Committed(o) = &settled.durable {
-                            crate::worker::record_outcome_metrics(&self.state, o);
-                        }
-                        replayed += n as u64;
-                        metrics::counter!(names::WAL_REPLAYED).increment(n as u64);
-                    }
-                    Err(e) => failure = Some(e.0),
-                }
+            match self.replay_segment(segment).await? {
+                SegmentReplay::Done(n) => replayed += n,
+                SegmentReplay::Kept => {}
+                SegmentReplay::Later => break,
             }
-            drop(writes);
-            if let Some(e) = failure {
-                self.guard.breaker.on_failure();
-                anyhow::bail!("replay write failed: {e}");
-            }
-            self.guard.breaker.on_success();
-            self.guard
-                .with_wal(move |wal| wal.remove_segment(segment))
-                .await?;
-            tracing::info!(
-                segment,
-                records = entries.len(),
-                "WAL segment replayed and removed"
-            );
         }
         if replayed > 0 {
             let secs = started.elapsed().as_secs_f64();
@@ -125,87 +126,157 @@ impl Monitor {
         Ok(replayed)
     }
 
-    async fn write_chunk(
-        &self,
-        lane: usize,
-        part: &[WalEntry],
-    ) -> (usize, Result<super::Settled, super::WriteFailed>) {
-        let (records, dead) = WalEntry::split(part.iter().cloned());
-        let shard = ((self.shard as usize + lane) % usize::from(COUNTER_SHARDS)) as i16;
-        (part.len(), self.guard.write(shard, &records, &dead).await)
-    }
+    async fn replay_segment(&self, segment: u64) -> anyhow::Result<SegmentReplay> {
+        let read = self
+            .guard
+            .with_wal(move |wal| wal.read_segment(segment))
+            .await?;
+        let mut entries = read.entries;
+        let Some(salvage) = self.salvage(&read.damaged).await else {
+            return Ok(SegmentReplay::Later);
+        };
+        entries.extend(salvage.recovered);
 
-    /// Fetches damaged WAL records back from JetStream by sequence. Records that cannot be
-    /// recovered are reported loudly; their lines stay in the WAL's quarantine file.
-    pub async fn recover_from_stream(&self, corrupt: &[CorruptEntry]) -> Vec<WalEntry> {
-        let mut recovered = Vec::new();
-        for c in corrupt {
-            metrics::counter!(names::WAL_CORRUPT).increment(1);
-            let entry = match (c.sid, c.seq) {
-                (Some(sid), Some(seq)) => self.fetch(sid, seq).await,
-                _ => Err(anyhow::anyhow!("its header is damaged too")),
-            };
-            match entry {
-                Ok(e) => {
-                    metrics::counter!(names::WAL_RECOVERED).increment(1);
-                    tracing::warn!(
-                        segment = c.segment,
-                        line = c.line_no,
-                        stream_seq = c.seq,
-                        "damaged WAL record recovered from JetStream"
-                    );
-                    recovered.push(e);
-                }
-                Err(e) => {
-                    metrics::counter!(names::WAL_UNRECOVERABLE).increment(1);
-                    tracing::error!(segment = c.segment, line = c.line_no, stream_id = c.sid, stream_seq = c.seq,
-                        error = %format!("{e:#}"),
-                        "damaged WAL record could not be recovered; its line is kept in quarantine.jsonl");
+        // The breaker decides as for a live batch: OPEN writes nothing; the probe goes alone.
+        let mut chunks = entries.chunks(self.settings.chunk.max(1)).peekable();
+        match self.guard.breaker.permit() {
+            Permit::Refused => return Ok(SegmentReplay::Later),
+            Permit::Probe => {
+                if let Some(first) = chunks.next() {
+                    match self.write_chunk(0, first).await {
+                        Ok(settled) => {
+                            self.guard.breaker.on_success();
+                            self.committed(first.len(), &settled);
+                        }
+                        Err(failure) => return Ok(self.failed(segment, failure, true)),
+                    }
+                } else {
+                    self.guard.breaker.release_probe();
                 }
             }
+            Permit::Write => {}
         }
-        recovered
+        // Chunks are independent and idempotent: write several at once, each on its own
+        // counter shard. The segment goes only when every chunk has committed.
+        let lanes = self.settings.lanes.max(1);
+        let writes: Vec<_> = chunks
+            .enumerate()
+            .map(|(i, part)| async move { (part.len(), self.write_chunk(i % lanes, part).await) })
+            .collect();
+        let mut writes = futures::stream::iter(writes).buffer_unordered(lanes);
+        let mut failure = None;
+        while let Some((n, result)) = writes.next().await {
+            match result {
+                Ok(settled) => {
+                    self.guard.breaker.on_success();
+                    self.committed(n, &settled);
+                }
+                Err(f) => failure = Some(f),
+            }
+        }
+        drop(writes);
+        if let Some(f) = failure {
+            return Ok(self.failed(segment, f, false));
+        }
+
+        // Everything is committed: the damaged lines can leave the segment now.
+        let damaged = read.damaged;
+        let corrupt = damaged.len() as u64;
+        self.guard
+            .with_wal(move |wal| {
+                wal.quarantine(&damaged)?;
+                wal.remove_segment(segment)
+            })
+            .await?;
+        metrics::counter!(names::WAL_CORRUPT).increment(corrupt);
+        metrics::counter!(names::WAL_RECOVERED).increment(salvage.recovered_count);
+        metrics::counter!(names::WAL_UNRECOVERABLE).increment(salvage.lost.len() as u64);
+        for (at, why) in &salvage.lost {
+            tracing::error!(segment = at.segment, line = at.line_no, stream_id = at.sid,
+                stream_seq = at.seq, error = %why,
+                "damaged WAL record could not be recovered; its line is in quarantine.jsonl");
+        }
+        tracing::info!(
+            segment,
+            records = entries.len(),
+            corrupt,
+            "WAL segment replayed and removed"
+        );
+        Ok(SegmentReplay::Done(entries.len() as u64))
     }
 
-    async fn fetch(&self, sid: i32, seq: i64) -> anyhow::Result<WalEntry> {
-        let js = self
-            .js
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("NATS is not connected"))?;
-        let (name, created_ns): (String, String) =
-            sqlx::query_as("SELECT name, created_ns FROM streams WHERE id = $1")
-                .bind(sid)
-                .fetch_one(self.guard.store().pool())
-                .await?;
-        let stream = js.get_stream(&name).await?;
-        let current = stream
-            .cached_info()
-            .created
-            .unix_timestamp_nanos()
-            .to_string();
-        anyhow::ensure!(
-            current == created_ns,
-            "stream {name} was re-created since; the message is gone"
-        );
-        let msg = stream.get_raw_message(seq as u64).await?;
-        let limits = Limits {
-            max_payload_bytes: self.state.config.max_payload_bytes as usize,
-        };
-        let prefix = &self.state.config.subject_prefix;
-        let subject = msg.subject.to_string();
-        let traceparent = crate::intake::traceparent_of(Some(&msg.headers));
-        Ok(
-            match crate::intake::decode(&msg.payload, &subject, prefix, &limits) {
-                Ok(event) => WalEntry::Event(Record {
-                    stream_id: sid,
-                    seq,
-                    event,
-                    traceparent,
-                }),
-                Err(reason) => {
-                    WalEntry::Dead(DeadLetter::new(sid, seq, subject, &msg.payload, reason))
+    /// Reports a failed write of a segment's chunk.
+    fn failed(&self, segment: u64, failure: WriteFailure, probe: bool) -> SegmentReplay {
+        match failure {
+            WriteFailure::Unavailable(e) => {
+                self.guard.breaker.on_failure();
+                tracing::warn!(segment, error = %e, "WAL replay write failed; will retry");
+                SegmentReplay::Later
+            }
+            f @ WriteFailure::UnknownStreams(_) => {
+                if probe {
+                    self.guard.breaker.release_probe();
                 }
-            },
-        )
+                metrics::counter!(names::WAL_REPLAY_REFUSED).increment(1);
+                tracing::error!(segment, error = %f,
+                    "WAL segment cannot be replayed into this database; it is kept (check DATABASE_URL)");
+                SegmentReplay::Kept
+            }
+        }
     }
+
+    fn committed(&self, records: usize, settled: &Settled) {
+        if let Durable::Committed(o) = &settled.durable {
+            (self.on_commit)(o);
+        }
+        metrics::counter!(names::WAL_REPLAYED).increment(records as u64);
+    }
+
+    async fn write_chunk(&self, lane: usize, part: &[WalEntry]) -> Result<Settled, WriteFailure> {
+        let (records, dead) = WalEntry::split(part.iter().cloned());
+        let (first, count) = self.settings.shards;
+        let shard = ((first as usize + lane) % count.max(1) as usize) as i16;
+        self.guard.write(shard, &records, &dead).await
+    }
+
+    /// Fetches the messages of damaged lines again. `None` when the stream cannot be asked
+    /// now (the segment waits).
+    async fn salvage(&self, damaged: &[Damaged]) -> Option<Salvage> {
+        let mut out = Salvage::default();
+        for d in damaged {
+            let at = &d.at;
+            let fetched = match (at.sid, at.seq) {
+                (Some(sid), Some(seq)) => self.source.fetch(sid, seq).await,
+                _ => Err(FetchError::Gone("its header is damaged too".into())),
+            };
+            match fetched {
+                Ok(entry) => {
+                    tracing::warn!(
+                        segment = at.segment,
+                        line = at.line_no,
+                        stream_seq = at.seq,
+                        "damaged WAL record fetched again from JetStream"
+                    );
+                    out.recovered.push(entry);
+                    out.recovered_count += 1;
+                }
+                Err(FetchError::Unavailable(e)) => {
+                    tracing::warn!(segment = at.segment, line = at.line_no, stream_seq = at.seq, error = %e,
+                        "cannot fetch a damaged WAL record from JetStream now; the segment waits");
+                    return None;
+                }
+                Err(FetchError::Gone(e)) => out.lost.push((at.clone(), e)),
+            }
+        }
+        Some(out)
+    }
+}
+
+/// What could be fetched again of a segment's damaged lines.
+#[derive(Default)]
+struct Salvage {
+    recovered: Vec<WalEntry>,
+    recovered_count: u64,
+    /// Damaged pieces whose message is gone for good, and why.
+    lost: Vec<(CorruptEntry, String)>,
 }

@@ -1,28 +1,26 @@
-//! Retry schedule for batch writes: the first retry is immediate, then exponential from
-//! `RETRY_DELAY` (1s, 2s, 4s, 8s by default), each delay with ±20% jitter so replicas that
+//! Retry schedule for batch writes (DESIGN.md, from the seed design): `MAX_RETRIES` attempts
+//! at the database, the first at once, each further one after `RETRY_DELAY` doubling (1s,
+//! 2s, 4s, 8s with the defaults 5 and 1s), each delay with ±20% jitter so replicas that
 //! failed together do not retry together.
 
 use rand::Rng;
 use std::time::Duration;
 
-/// Backoff schedule for up to `max_retries` retries.
+/// Backoff schedule: `attempts` attempts in all.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
-    pub max_retries: u32,
+    pub attempts: u32,
     pub base: Duration,
 }
 
 impl Backoff {
-    /// The nominal delay before retry number `retry` (1-based), without jitter; `None` when
-    /// retries are exhausted.
-    pub fn nominal(&self, retry: u32) -> Option<Duration> {
-        if retry == 0 || retry > self.max_retries {
+    /// The nominal delay after failed attempt number `attempt` (1-based) before the next one,
+    /// without jitter; `None` when that was the last attempt.
+    pub fn nominal(&self, attempt: u32) -> Option<Duration> {
+        if attempt == 0 || attempt >= self.attempts {
             return None;
         }
-        if retry == 1 {
-            return Some(Duration::ZERO);
-        }
-        let factor = 1u32.checked_shl(retry - 2).unwrap_or(u32::MAX);
+        let factor = 1u32.checked_shl(attempt - 1).unwrap_or(u32::MAX);
         Some(
             self.base
                 .saturating_mul(factor)
@@ -30,9 +28,9 @@ impl Backoff {
         )
     }
 
-    /// The delay before retry number `retry`, with ±20% jitter.
-    pub fn delay(&self, retry: u32) -> Option<Duration> {
-        self.nominal(retry).map(|d| jitter(d, &mut rand::rng()))
+    /// The delay after failed attempt number `attempt`, with ±20% jitter.
+    pub fn delay(&self, attempt: u32) -> Option<Duration> {
+        self.nominal(attempt).map(|d| jitter(d, &mut rand::rng()))
     }
 }
 
@@ -46,16 +44,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_schedule_is_immediate_then_doubling() {
+    fn default_schedule_is_five_attempts_one_two_four_eight_seconds_apart() {
         let b = Backoff {
-            max_retries: 5,
+            attempts: 5,
             base: Duration::from_secs(1),
         };
-        let got: Vec<_> = (1..=6).map(|r| b.nominal(r)).collect();
+        let got: Vec<_> = (1..=5).map(|a| b.nominal(a)).collect();
         assert_eq!(
             got,
             vec![
-                Some(Duration::ZERO),
                 Some(Duration::from_secs(1)),
                 Some(Duration::from_secs(2)),
                 Some(Duration::from_secs(4)),
@@ -69,25 +66,25 @@ mod tests {
     #[test]
     fn jitter_stays_within_twenty_percent() {
         let b = Backoff {
-            max_retries: 5,
+            attempts: 5,
             base: Duration::from_secs(1),
         };
         for _ in 0..1000 {
-            let d = b.delay(4).unwrap();
+            let d = b.delay(3).unwrap();
             assert!(
                 d >= Duration::from_millis(3200) && d <= Duration::from_millis(4800),
                 "{d:?}"
             );
         }
-        assert_eq!(b.delay(1), Some(Duration::ZERO));
+        assert_eq!(b.delay(5), None);
     }
 
     #[test]
-    fn huge_retry_counts_do_not_overflow() {
+    fn huge_attempt_counts_do_not_overflow() {
         let b = Backoff {
-            max_retries: 100,
+            attempts: 100,
             base: Duration::from_secs(1),
         };
-        assert_eq!(b.nominal(100), Some(Duration::from_secs(300)));
+        assert_eq!(b.nominal(99), Some(Duration::from_secs(300)));
     }
 }

@@ -40,24 +40,33 @@
 //!   Deleting earlier would lose acknowledged messages if the process died before the commit;
 //!   deleting later is harmless, because replaying a committed record again changes nothing.
 //!
+//! # One process per directory
+//!
+//! [`Wal::open`] takes an exclusive lock on `LOCK` in the directory and holds it for the
+//! life of the [`Wal`]: a second process given the same `WAL_PATH` (a copy-pasted compose
+//! file, two replicas on one volume) fails to open it instead of replaying and deleting
+//! segments the first one is still appending to.
+//!
 //! # Recovery
 //!
-//! [`Wal::open`] scans every segment, oldest first, and never panics or gives up on a damaged
-//! file:
-//! * A torn tail (what follows the last valid entry: a last line without `'\n'`, or final lines
-//!   that do not parse or fail their checksum) is what a crash during an append leaves. Those
-//!   bytes were never fsynced, so their messages were never acknowledged; they are copied to
-//!   the quarantine and cut off with `set_len` + fsync.
-//! * A damaged line followed by valid ones (bad JSON, a checksum mismatch, or a record that no
-//!   longer decodes) does not stop the scan. It is reported in [`Recovery::corrupt`] (with
-//!   `sid`/`seq` when `hcrc` verifies, so the message can be fetched again), copied to the
-//!   quarantine, and the segment is rewritten without it (temp file, fsync, rename, fsync of
-//!   the directory), so it is reported once. If the damage merged two lines (a flipped
-//!   newline), each complete entry on the line is still kept.
+//! Nothing acknowledged may be dropped while a copy of it can still be had from the stream,
+//! so damage is never cut away before its message is safe elsewhere:
+//! * [`Wal::open`] scans every segment, oldest first, and never panics or gives up on a
+//!   damaged file. It changes one thing only: the newest segment (the one being appended to
+//!   when the process stopped) may end in a torn tail, what a crash during an append leaves;
+//!   those bytes were never fsynced, so their messages were never acknowledged. The part of
+//!   it that names no message (no intact header) is copied to the quarantine and cut off
+//!   with `set_len` + fsync. Older segments were sealed with an fsync and cannot have a torn
+//!   tail: damage there, even on the last line, is damage to acknowledged records.
+//! * Everything else that is damaged stays in its segment until replay: [`Wal::read_segment`]
+//!   reports each damaged piece (bad JSON, a checksum mismatch, a record that no longer
+//!   decodes) with `sid`/`seq` when `hcrc` verifies, and the replayer fetches those messages
+//!   again from the stream. Only once the segment's records (recovered ones included) are
+//!   committed are its damaged lines copied to the quarantine and the segment deleted. If the
+//!   stream cannot be asked right now, the segment waits; if it no longer holds the message
+//!   (or the header is damaged too), the loss is reported loudly. If damage merged two lines
+//!   (a flipped newline), each complete entry on the line is still kept.
 //! * Appends after `open` go to a new segment, never after a repaired tail of an old one.
-//!
-//! A crash between the quarantine write and the segment repair only means the damaged line is
-//! quarantined again on the next open.
 //!
 //! All file work is blocking `std::fs`: callers run it on `spawn_blocking` behind a mutex.
 
@@ -72,6 +81,8 @@ use std::path::{Path, PathBuf};
 
 /// Name of the file that collects damaged lines for inspection.
 pub const QUARANTINE_FILE: &str = "quarantine.jsonl";
+/// Name of the lock file held by the process using the directory.
+pub const LOCK_FILE: &str = "LOCK";
 
 const SEGMENT_PREFIX: &str = "wal-";
 const SEGMENT_SUFFIX: &str = ".jsonl";
@@ -154,22 +165,32 @@ pub struct CorruptEntry {
 pub struct Recovery {
     /// Segments kept (empty ones are deleted).
     pub segments: usize,
-    /// Valid entries in them.
+    /// Entries to replay in them: valid ones plus damaged pieces whose header names their
+    /// message.
     pub records: u64,
     /// Their total size after repair.
     pub bytes: u64,
-    /// Bytes cut off torn tails.
+    /// Bytes cut off the newest segment's torn tail.
     pub truncated_tail_bytes: u64,
-    /// Damaged lines skipped in the middle of segments (now in the quarantine).
+    /// Damaged pieces left in place for replay to recover.
     pub corrupt: Vec<CorruptEntry>,
+}
+
+/// A damaged piece of a segment, as read for replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damaged {
+    /// Where it is, and the message it names when its header verifies.
+    pub at: CorruptEntry,
+    /// The whole physical line it is on, for the quarantine.
+    pub line: Vec<u8>,
 }
 
 /// The entries of one segment, for replay.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SegmentRead {
     pub entries: Vec<WalEntry>,
-    /// Damaged lines, skipped.
-    pub corrupt: Vec<CorruptEntry>,
+    /// Damaged pieces, in file order.
+    pub damaged: Vec<Damaged>,
 }
 
 /// Size of the log, kept in memory.
@@ -188,6 +209,11 @@ pub enum WalError {
     Io { path: PathBuf, source: io::Error },
     #[error("WAL is full: {bytes} bytes in use, limit {max} bytes")]
     Full { bytes: u64, max: u64 },
+    #[error(
+        "{} is in use by another aggregator process (each replica needs its own WAL_PATH)",
+        path.display()
+    )]
+    Locked { path: PathBuf },
     #[error("cannot serialize a WAL entry: {0}")]
     Serialize(#[from] serde_json::Error),
 }
@@ -215,6 +241,8 @@ struct Active {
 #[derive(Debug)]
 pub struct Wal {
     dir: PathBuf,
+    /// Held (exclusively locked) for the life of the value.
+    _lock: File,
     segment_max_bytes: u64,
     max_total_bytes: u64,
     segments: BTreeMap<u64, SegmentMeta>,
@@ -247,9 +275,7 @@ impl Wal {
             };
             sync_dir(parent)?;
         }
-        let probe = dir.join(format!(".wal-probe-{}", std::process::id()));
-        File::create(&probe).map_err(io_err(&probe))?;
-        fs::remove_file(&probe).map_err(io_err(&probe))?;
+        let lock = lock_dir(dir)?;
 
         let mut numbers = Vec::new();
         let mut dir_changed = false;
@@ -274,8 +300,9 @@ impl Wal {
 
         let mut recovery = Recovery::default();
         let mut segments = BTreeMap::new();
+        let newest = numbers.last().copied();
         for &n in &numbers {
-            let meta = recover_segment(dir, n, &mut recovery)?;
+            let meta = recover_segment(dir, n, Some(n) == newest, &mut recovery)?;
             if meta.bytes == 0 {
                 // Nothing to replay, and appends never go to an old segment.
                 let path = segment_path(dir, n);
@@ -294,6 +321,7 @@ impl Wal {
         recovery.bytes = segments.values().map(|m| m.bytes).sum();
         let wal = Wal {
             dir: dir.to_path_buf(),
+            _lock: lock,
             segment_max_bytes,
             max_total_bytes,
             segments,
@@ -423,24 +451,40 @@ impl Wal {
             .collect()
     }
 
-    /// Reads a segment's entries in order. Damaged lines are reported, not fatal.
+    /// Reads a segment's entries in order. Damaged pieces are reported, not fatal.
     pub fn read_segment(&self, segment: u64) -> Result<SegmentRead, WalError> {
         let path = segment_path(&self.dir, segment);
         let bytes = fs::read(&path).map_err(io_err(&path))?;
         let scan = scan(&bytes);
         Ok(SegmentRead {
             entries: scan.valid.into_iter().map(|(entry, _)| entry).collect(),
-            corrupt: scan
+            damaged: scan
                 .bad
                 .iter()
-                .map(|b| CorruptEntry {
-                    segment,
-                    line_no: b.line_no,
-                    sid: b.header.map(|h| h.0),
-                    seq: b.header.map(|h| h.1),
+                .map(|b| Damaged {
+                    at: b.corrupt_entry(segment),
+                    line: bytes[b.line.clone()].to_vec(),
                 })
                 .collect(),
         })
+    }
+
+    /// Copies damaged lines to the quarantine file (fsynced), each line once.
+    pub fn quarantine(&mut self, damaged: &[Damaged]) -> Result<(), WalError> {
+        let mut out = Vec::new();
+        let mut last = None;
+        for d in damaged {
+            if last == Some((d.at.segment, d.at.line_no)) {
+                continue;
+            }
+            last = Some((d.at.segment, d.at.line_no));
+            out.extend_from_slice(&d.line);
+            out.push(b'\n');
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        append_quarantine(&self.dir, &out)
     }
 
     /// Deletes a sealed segment. Call only once every record in it is committed.
@@ -647,25 +691,27 @@ struct BadPiece {
     header: Option<(i32, i64)>,
 }
 
+impl BadPiece {
+    fn corrupt_entry(&self, segment: u64) -> CorruptEntry {
+        CorruptEntry {
+            segment,
+            line_no: self.line_no,
+            sid: self.header.map(|h| h.0),
+            seq: self.header.map(|h| h.1),
+        }
+    }
+}
+
 /// What a segment's bytes hold.
 #[derive(Debug, Default)]
 struct Scan {
     /// Valid entries, with the range of their text.
     valid: Vec<(WalEntry, Range<usize>)>,
     bad: Vec<BadPiece>,
-    /// True when the valid entries are exactly the file's first lines, each one whole line
-    /// ending in '\n', so a repair can just cut the file at `tail_start`.
-    clean: bool,
-    /// Where what follows the last valid entry starts.
-    tail_start: usize,
 }
 
 fn scan(bytes: &[u8]) -> Scan {
-    let mut out = Scan {
-        clean: true,
-        ..Scan::default()
-    };
-    let mut unclean_seen = false;
+    let mut out = Scan::default();
     let mut pos = 0;
     let mut line_no = 0u64;
     while pos < bytes.len() {
@@ -678,28 +724,15 @@ fn scan(bytes: &[u8]) -> Scan {
         if next > line_end && line.starts_with(LINE_START) {
             if let Some((entry, len)) = decode_prefix(line) {
                 if len == line.len() {
-                    if unclean_seen {
-                        out.clean = false;
-                    }
                     out.valid.push((entry, pos..line_end));
-                    out.tail_start = next;
                     pos = next;
                     continue;
                 }
             }
         }
-        unclean_seen = true;
         for fragment in salvage(line) {
             match fragment {
-                Fragment::Valid(entry, r) => {
-                    out.clean = false;
-                    out.tail_start = if r.end == line.len() {
-                        next
-                    } else {
-                        pos + r.end
-                    };
-                    out.valid.push((entry, pos + r.start..pos + r.end));
-                }
+                Fragment::Valid(entry, r) => out.valid.push((entry, pos + r.start..pos + r.end)),
                 Fragment::Bad(r) => out.bad.push(BadPiece {
                     line_no,
                     header: salvage_header(&line[r.clone()]),
@@ -762,99 +795,94 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
         .map(|i| from + i)
 }
 
-/// Recovers one segment at open: reports and quarantines damage, repairs the file, and
-/// returns what is left in it.
+/// Recovers one segment at open: reports damage (left in place for replay), cuts the newest
+/// segment's torn tail, and returns what is left in the segment.
 fn recover_segment(
     dir: &Path,
     segment: u64,
+    newest: bool,
     recovery: &mut Recovery,
 ) -> Result<SegmentMeta, WalError> {
     let path = segment_path(dir, segment);
     let bytes = fs::read(&path).map_err(io_err(&path))?;
     let scan = scan(&bytes);
-    let tail_start = scan.tail_start;
-    let mut quarantine = Vec::new();
-    let mut last_line = None;
-    for bad in scan.bad.iter().filter(|b| b.range.start < tail_start) {
-        let (sid, seq) = (bad.header.map(|h| h.0), bad.header.map(|h| h.1));
-        tracing::warn!(segment, line_no = bad.line_no, ?sid, ?seq, path = %path.display(),
-            "damaged WAL line skipped and quarantined");
-        recovery.corrupt.push(CorruptEntry {
-            segment,
-            line_no: bad.line_no,
-            sid,
-            seq,
-        });
-        if last_line != Some(bad.line_no) {
-            quarantine.extend_from_slice(&bytes[bad.line.clone()]);
-            quarantine.push(b'\n');
-            last_line = Some(bad.line_no);
-        }
-    }
-    let tail = &bytes[tail_start..];
-    if !tail.is_empty() {
-        let headers: Vec<_> = scan
-            .bad
+    // Only the newest segment can end in a torn append. Its tail is cut after the last line
+    // that holds something knowable (a valid entry, or a damaged one whose header names its
+    // message, which replay fetches again): what follows names nothing that could be saved.
+    let keep_to = if newest {
+        let knowable_end = scan
+            .valid
             .iter()
-            .filter(|b| b.range.start >= tail_start)
-            .filter_map(|b| b.header)
-            .collect();
-        tracing::warn!(segment, bytes = tail.len(), ?headers, path = %path.display(),
+            .map(|(_, r)| r.end)
+            .chain(
+                scan.bad
+                    .iter()
+                    .filter(|b| b.header.is_some())
+                    .map(|b| b.range.end),
+            )
+            .max();
+        match knowable_end {
+            None => 0,
+            Some(end) => match bytes[end..].iter().position(|&b| b == b'\n') {
+                Some(i) => end + i + 1,
+                None => bytes.len(),
+            },
+        }
+    } else {
+        bytes.len()
+    };
+    let mut records = scan.valid.len() as u64;
+    for bad in scan.bad.iter().filter(|b| b.range.start < keep_to) {
+        let at = bad.corrupt_entry(segment);
+        tracing::warn!(segment, line_no = at.line_no, sid = ?at.sid, seq = ?at.seq, path = %path.display(),
+            "damaged WAL line; replay will fetch its message from the stream");
+        // A damaged piece that names its message is a record to replay; one that names
+        // nothing is only bytes (replay reports it lost).
+        records += u64::from(at.seq.is_some());
+        recovery.corrupt.push(at);
+    }
+    let tail = &bytes[keep_to..];
+    if !tail.is_empty() {
+        tracing::warn!(segment, bytes = tail.len(), path = %path.display(),
             "torn WAL tail cut off (never fsynced, so never acknowledged)");
         if !tail.trim_ascii().is_empty() {
-            quarantine.extend_from_slice(tail);
+            let mut quarantined = tail.to_vec();
             if !tail.ends_with(b"\n") {
-                quarantine.push(b'\n');
+                quarantined.push(b'\n');
             }
+            append_quarantine(dir, &quarantined)?;
         }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.set_len(keep_to as u64)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err(&path))?;
+        recovery.truncated_tail_bytes += tail.len() as u64;
     }
-    if !quarantine.is_empty() {
-        append_quarantine(dir, &quarantine)?;
-    }
-
-    let kept = if scan.clean {
-        if tail_start < bytes.len() {
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            file.set_len(tail_start as u64)
-                .and_then(|()| file.sync_all())
-                .map_err(io_err(&path))?;
-        }
-        tail_start as u64
-    } else {
-        rewrite_segment(dir, segment, &bytes, &scan.valid)?
-    };
-    recovery.truncated_tail_bytes += tail.len() as u64;
     Ok(SegmentMeta {
-        bytes: kept,
-        records: scan.valid.len() as u64,
+        bytes: keep_to as u64,
+        records,
     })
 }
 
-/// Replaces a segment with just its valid entries, atomically.
-fn rewrite_segment(
-    dir: &Path,
-    segment: u64,
-    bytes: &[u8],
-    valid: &[(WalEntry, Range<usize>)],
-) -> Result<u64, WalError> {
-    let mut out = Vec::with_capacity(bytes.len());
-    for (_, r) in valid {
-        out.extend_from_slice(&bytes[r.clone()]);
-        out.push(b'\n');
+/// Takes the directory's lock file, exclusively, without waiting.
+fn lock_dir(dir: &Path) -> Result<File, WalError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(WalError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
     }
-    let path = segment_path(dir, segment);
-    let tmp = dir.join(format!("{}{TMP_SUFFIX}", segment_name(segment)));
-    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-    file.write_all(&out)
-        .and_then(|()| file.sync_all())
-        .map_err(io_err(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    sync_dir(dir)?;
-    Ok(out.len() as u64)
 }
 
 fn append_quarantine(dir: &Path, bytes: &[u8]) -> Result<(), WalError> {
@@ -952,6 +980,16 @@ mod tests {
             .keys()
             .flat_map(|&n| wal.read_segment(n).unwrap().entries)
             .collect()
+    }
+
+    fn segment_files(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                parse_segment_name(name.to_str().unwrap()).is_some()
+            })
+            .count()
     }
 
     fn only_segment(dir: &Path) -> PathBuf {
@@ -1104,7 +1142,7 @@ mod tests {
         let (mut wal, _) = Wal::open(tmp.path(), BIG, BIG).unwrap();
         assert_eq!(wal.append(&[]).unwrap(), AppendOutcome::default());
         assert_eq!(wal.stats(), WalStats::default());
-        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+        assert_eq!(segment_files(tmp.path()), 0);
     }
 
     #[test]
@@ -1161,7 +1199,7 @@ mod tests {
             other => panic!("expected Full, got {other:?}"),
         }
         assert_eq!(wal.stats(), before);
-        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+        assert_eq!(segment_files(tmp.path()), 1);
         // A smaller batch still fits.
         wal.append(&events(10..11)).unwrap();
         drop(wal);
@@ -1170,8 +1208,18 @@ mod tests {
         assert_eq!(all_entries(&wal), events(0..11));
     }
 
+    /// The one damaged piece `read_segment` reports for segment `n`.
+    fn damaged_pieces(wal: &Wal, n: u64) -> Vec<CorruptEntry> {
+        wal.read_segment(n)
+            .unwrap()
+            .damaged
+            .into_iter()
+            .map(|d| d.at)
+            .collect()
+    }
+
     #[test]
-    fn torn_tail_is_cut_off_and_complete_records_kept() {
+    fn torn_tail_naming_no_message_is_cut_off_and_complete_records_kept() {
         let tmp = TempDir::new("torn");
         let (mut wal, _) = Wal::open(tmp.path(), BIG, BIG).unwrap();
         for i in 0..3 {
@@ -1180,8 +1228,9 @@ mod tests {
         drop(wal);
         let path = only_segment(tmp.path());
         let bytes = fs::read(&path).unwrap();
+        // Cut inside the last line's header: nothing in what is left names a message.
         let last_line = line_start(&bytes, 30);
-        let cut = last_line + (bytes.len() - last_line) / 2;
+        let cut = last_line + 20;
         fs::write(&path, &bytes[..cut]).unwrap();
 
         let (mut wal, recovery) = Wal::open(tmp.path(), BIG, BIG).unwrap();
@@ -1206,24 +1255,79 @@ mod tests {
     }
 
     #[test]
-    fn bad_complete_last_line_is_a_torn_tail() {
-        let (tmp, original, recovery) = damaged("bad-last", |b| {
-            let at = b.len() - 10;
-            b[at] ^= 0x01;
-        });
-        assert_eq!(recovery.records, 9);
-        assert!(recovery.corrupt.is_empty());
-        let last = line_start(&original, 10);
-        assert_eq!(
-            recovery.truncated_tail_bytes,
-            (original.len() - last) as u64
-        );
-        let (wal, _) = Wal::open(tmp.path(), BIG, BIG).unwrap();
+    fn torn_tail_with_an_intact_header_is_kept_for_replay_to_fetch_again() {
+        let tmp = TempDir::new("torn-header");
+        let (mut wal, _) = Wal::open(tmp.path(), BIG, BIG).unwrap();
+        wal.append(&events(1..11)).unwrap();
+        drop(wal);
+        let path = only_segment(tmp.path());
+        let bytes = fs::read(&path).unwrap();
+        let last_line = line_start(&bytes, 10);
+        let cut = last_line + (bytes.len() - last_line) / 2;
+        fs::write(&path, &bytes[..cut]).unwrap();
+
+        let (wal, recovery) = Wal::open(tmp.path(), BIG, BIG).unwrap();
+        // Whether it was a torn append or a damaged acknowledged record cannot be told: the
+        // stream is asked again (harmless either way), so the line stays.
+        assert_eq!(recovery.truncated_tail_bytes, 0);
+        assert_eq!(recovery.records, 10);
+        let expected = CorruptEntry {
+            segment: 1,
+            line_no: 10,
+            sid: Some(3),
+            seq: Some(10),
+        };
+        assert_eq!(recovery.corrupt, vec![expected.clone()]);
+        assert_eq!(fs::read(&path).unwrap(), &bytes[..cut]);
         assert_eq!(all_entries(&wal), events(1..10));
+        assert_eq!(damaged_pieces(&wal, 1), vec![expected]);
     }
 
     #[test]
-    fn flipped_byte_in_body_is_quarantined_with_sid_and_seq() {
+    fn damage_on_the_last_line_of_a_sealed_segment_is_not_a_torn_tail() {
+        // Two segments: the first was sealed (fsynced) before the second was started, so the
+        // end of its last line is acknowledged data, whatever happened to it.
+        let tmp = TempDir::new("sealed-last");
+        let (mut wal, _) = Wal::open(tmp.path(), BIG, BIG).unwrap();
+        wal.append(&events(1..11)).unwrap();
+        wal.seal().unwrap();
+        wal.append(&events(11..21)).unwrap();
+        drop(wal);
+        let first = tmp.path().join(segment_name(1));
+        let original = fs::read(&first).unwrap();
+        for name in ["header", "body"] {
+            let mut bytes = original.clone();
+            let at = if name == "header" {
+                let start = line_start(&bytes, 10);
+                start + find(&bytes[start..], b"\"seq\":", 0).unwrap() + 6
+            } else {
+                original.len() - 10
+            };
+            bytes[at] ^= 0x01;
+            fs::write(&first, &bytes).unwrap();
+            let (wal, recovery) = Wal::open(tmp.path(), BIG, BIG).unwrap();
+            assert_eq!(recovery.truncated_tail_bytes, 0, "{name}");
+            assert_eq!(fs::read(&first).unwrap(), bytes, "{name}: nothing is cut");
+            let header = (name == "body").then_some((3, 10));
+            let expected = CorruptEntry {
+                segment: 1,
+                line_no: 10,
+                sid: header.map(|h| h.0),
+                seq: header.map(|h| h.1),
+            };
+            assert_eq!(recovery.corrupt, vec![expected.clone()], "{name}");
+            assert_eq!(damaged_pieces(&wal, 1), vec![expected], "{name}");
+            assert_eq!(
+                wal.read_segment(1).unwrap().entries,
+                events(1..10),
+                "{name}"
+            );
+            assert!(quarantine(tmp.path()).is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn flipped_byte_in_body_stays_until_replay_with_sid_and_seq() {
         // One flip keeps the JSON valid (the crc catches it), one breaks the JSON.
         let cases = [
             ("body-crc", &b"SAT-0001"[..], 1),
@@ -1231,41 +1335,48 @@ mod tests {
         ];
         for (name, target, offset) in cases {
             let mut bad_line = Vec::new();
-            let (tmp, original, recovery) = damaged(name, |b| {
+            let mut damaged_bytes = Vec::new();
+            let (tmp, _, recovery) = damaged(name, |b| {
                 let start = line_start(b, 5);
                 let end = line_start(b, 6);
                 let at = start + find(&b[start..end], target, 0).unwrap() + offset;
                 b[at] ^= 0x01;
-                bad_line = b[start..end].to_vec();
+                bad_line = b[start..end - 1].to_vec();
+                damaged_bytes = b.clone();
             });
-            assert_eq!(recovery.records, 9, "{name}");
+            let expected = CorruptEntry {
+                segment: 1,
+                line_no: 5,
+                sid: Some(3),
+                seq: Some(5),
+            };
+            assert_eq!(recovery.records, 10, "{name}: 9 valid + 1 to fetch again");
             assert_eq!(recovery.truncated_tail_bytes, 0, "{name}");
+            assert_eq!(recovery.corrupt, vec![expected.clone()], "{name}");
+            // Nothing leaves the segment before replay has its message again.
+            assert!(quarantine(tmp.path()).is_empty(), "{name}");
             assert_eq!(
-                recovery.corrupt,
-                vec![CorruptEntry {
-                    segment: 1,
-                    line_no: 5,
-                    sid: Some(3),
-                    seq: Some(5),
-                }],
+                fs::read(only_segment(tmp.path())).unwrap(),
+                damaged_bytes,
                 "{name}"
             );
-            assert_eq!(quarantine(tmp.path()), bad_line, "{name}");
-            let kept = [
-                &original[..line_start(&original, 5)],
-                &original[line_start(&original, 6)..],
-            ]
-            .concat();
-            assert_eq!(fs::read(only_segment(tmp.path())).unwrap(), kept, "{name}");
 
-            let (wal, recovery) = Wal::open(tmp.path(), BIG, BIG).unwrap();
-            assert_eq!(recovery.records, 9);
-            assert!(recovery.corrupt.is_empty());
-            assert_eq!(recovery.truncated_tail_bytes, 0);
-            let mut expected = events(1..11);
-            expected.remove(4);
-            assert_eq!(all_entries(&wal), expected);
-            assert_eq!(quarantine(tmp.path()), bad_line, "quarantined once");
+            let (mut wal, recovery) = Wal::open(tmp.path(), BIG, BIG).unwrap();
+            assert_eq!(
+                recovery.corrupt,
+                vec![expected.clone()],
+                "{name}: still there"
+            );
+            let read = wal.read_segment(1).unwrap();
+            let mut expected_entries = events(1..11);
+            expected_entries.remove(4);
+            assert_eq!(read.entries, expected_entries, "{name}");
+            assert_eq!(read.damaged.len(), 1, "{name}");
+            assert_eq!(read.damaged[0].at, expected, "{name}");
+            assert_eq!(read.damaged[0].line, bad_line, "{name}");
+            // Replay quarantines it once the segment is committed.
+            wal.quarantine(&read.damaged).unwrap();
+            assert_eq!(quarantine(tmp.path()), [&bad_line[..], b"\n"].concat());
         }
     }
 
@@ -1277,21 +1388,22 @@ mod tests {
             assert_eq!(b[at], b'3');
             b[at] = b'8';
         });
-        assert_eq!(recovery.records, 9);
+        let expected = CorruptEntry {
+            segment: 1,
+            line_no: 3,
+            sid: None,
+            seq: None,
+        };
         assert_eq!(
-            recovery.corrupt,
-            vec![CorruptEntry {
-                segment: 1,
-                line_no: 3,
-                sid: None,
-                seq: None,
-            }]
+            recovery.records, 9,
+            "a piece naming no message is not a record"
         );
-        let (wal, recovery) = Wal::open(tmp.path(), BIG, BIG).unwrap();
-        assert!(recovery.corrupt.is_empty());
-        let mut expected = events(1..11);
-        expected.remove(2);
-        assert_eq!(all_entries(&wal), expected);
+        assert_eq!(recovery.corrupt, vec![expected.clone()]);
+        let (wal, _) = Wal::open(tmp.path(), BIG, BIG).unwrap();
+        let mut expected_entries = events(1..11);
+        expected_entries.remove(2);
+        assert_eq!(all_entries(&wal), expected_entries);
+        assert_eq!(damaged_pieces(&wal, 1), vec![expected]);
     }
 
     #[test]
@@ -1310,8 +1422,7 @@ mod tests {
                 seq: None,
             }]
         );
-        let (wal, recovery) = Wal::open(tmp.path(), BIG, BIG).unwrap();
-        assert!(recovery.corrupt.is_empty());
+        let (wal, _) = Wal::open(tmp.path(), BIG, BIG).unwrap();
         assert_eq!(all_entries(&wal), events(1..11));
     }
 
@@ -1335,9 +1446,10 @@ mod tests {
         fs::write(tmp.path().join(segment_name(1)), &garbage).unwrap();
         let junk = b"not json at all\n{}\n[1,2\n";
         fs::write(tmp.path().join(segment_name(2)), junk).unwrap();
-        fs::write(tmp.path().join(segment_name(3)), b"").unwrap();
+        fs::write(tmp.path().join(segment_name(3)), junk).unwrap();
+        fs::write(tmp.path().join(segment_name(4)), b"").unwrap();
         fs::write(
-            tmp.path().join(format!("{}{TMP_SUFFIX}", segment_name(4))),
+            tmp.path().join(format!("{}{TMP_SUFFIX}", segment_name(5))),
             b"left by a crashed rewrite",
         )
         .unwrap();
@@ -1345,27 +1457,36 @@ mod tests {
 
         let (mut wal, recovery) = Wal::open(tmp.path(), BIG, BIG).unwrap();
         assert_eq!(recovery.records, 0);
-        assert_eq!(recovery.segments, 0);
-        assert_eq!(
-            recovery.truncated_tail_bytes,
-            (garbage.len() + junk.len()) as u64
-        );
-        assert!(wal.is_empty());
-        assert!(!tmp.path().join(segment_name(1)).exists());
+        // Sealed segments keep their damage for replay to report; the newest (empty) one
+        // has nothing to cut.
+        assert_eq!(recovery.segments, 3);
+        assert_eq!(recovery.truncated_tail_bytes, 0);
+        assert!(!recovery.corrupt.is_empty());
+        assert!(!wal.is_empty());
+        assert!(!tmp.path().join(segment_name(4)).exists());
         assert!(!tmp
             .path()
-            .join(format!("{}{TMP_SUFFIX}", segment_name(4)))
+            .join(format!("{}{TMP_SUFFIX}", segment_name(5)))
             .exists());
         assert!(tmp.path().join("README").exists());
-        assert!(quarantine(tmp.path()).len() > garbage.len());
 
         let outcome = wal.append(&events(0..3)).unwrap();
-        assert_eq!(outcome.segment, Some(4));
+        assert_eq!(outcome.segment, Some(5));
         drop(wal);
         let (wal, recovery) = Wal::open(tmp.path(), BIG, BIG).unwrap();
         assert_eq!(recovery.records, 3);
         assert_eq!(recovery.truncated_tail_bytes, 0);
         assert_eq!(all_entries(&wal), events(0..3));
+
+        // Garbage as the newest segment is a torn tail: cut.
+        let tmp = TempDir::new("garbage-newest");
+        fs::create_dir_all(tmp.path()).unwrap();
+        fs::write(tmp.path().join(segment_name(1)), &garbage).unwrap();
+        let (wal, recovery) = Wal::open(tmp.path(), BIG, BIG).unwrap();
+        assert_eq!(recovery.truncated_tail_bytes, garbage.len() as u64);
+        assert!(wal.is_empty());
+        assert!(!tmp.path().join(segment_name(1)).exists());
+        assert!(quarantine(tmp.path()).len() > garbage.len());
     }
 
     #[test]
@@ -1377,7 +1498,29 @@ mod tests {
         assert_eq!(recovery.records, 10);
         assert_eq!(recovery.corrupt.len(), 1);
         assert_eq!(recovery.corrupt[0].line_no, 2);
+        assert!(quarantine(tmp.path()).is_empty());
+        let (mut wal, _) = Wal::open(tmp.path(), BIG, BIG).unwrap();
+        let read = wal.read_segment(1).unwrap();
+        wal.quarantine(&read.damaged).unwrap();
         assert_eq!(quarantine(tmp.path()), b"\x00\xff garbage \xc3\n");
+    }
+
+    #[test]
+    fn a_second_process_cannot_use_the_same_directory() {
+        let tmp = TempDir::new("locked");
+        let (wal, _) = Wal::open(tmp.path(), BIG, BIG).unwrap();
+        // flock(2) locks belong to the open file: a second open conflicts even in-process.
+        match Wal::open(tmp.path(), BIG, BIG) {
+            Err(e @ WalError::Locked { .. }) => {
+                assert!(
+                    e.to_string().contains(&tmp.path().display().to_string()),
+                    "{e}"
+                );
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(wal);
+        Wal::open(tmp.path(), BIG, BIG).expect("free again once the first is gone");
     }
 
     #[test]
@@ -1402,7 +1545,7 @@ mod tests {
         assert_eq!((stats.records, stats.segments), (8, 2));
 
         let read = wal.read_segment(1).unwrap();
-        assert!(read.corrupt.is_empty());
+        assert!(read.damaged.is_empty());
         let mut expected = events(0..4);
         expected.push(dead(4));
         assert_eq!(read.entries, expected);

@@ -1,0 +1,49 @@
+//! Housekeeping every `COMPACT_INTERVAL`: compaction of the processed-message record (see
+//! [`crate::store::compact`]) and, with `RETENTION` set, deletion of old rows.
+
+use crate::shutdown::CancellationToken;
+use crate::store::compact::{self, Compaction, StreamHistory};
+use crate::store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub async fn run(
+    store: Store,
+    history: Arc<dyn StreamHistory + Send>,
+    every: Duration,
+    retention: Option<Duration>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let ids = match store.stream_ids().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::debug!(error = %e, "compaction skipped");
+                continue;
+            }
+        };
+        for id in ids {
+            match compact::compact_stream(store.pool(), id, Compaction::default(), &*history).await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(stream_id = id, deleted = n, "compacted processed record"),
+                Err(e) => tracing::debug!(error = %e, "compaction failed"),
+            }
+        }
+        // RETENTION is bounded at start-up, so the cutoff is always a representable time.
+        if let Some(keep) = retention.and_then(|r| chrono::Duration::from_std(r).ok()) {
+            let Some(cutoff) = chrono::Utc::now().checked_sub_signed(keep) else {
+                continue;
+            };
+            match compact::apply_retention(store.pool(), cutoff, 5_000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "retention: deleted old events"),
+                Err(e) => tracing::warn!(error = %e, "retention failed"),
+            }
+        }
+    }
+}
