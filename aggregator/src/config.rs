@@ -98,32 +98,35 @@ pub struct Config {
     #[arg(long, env = "WAL_PATH", default_value = "./data/wal")]
     pub wal_path: PathBuf,
 
-    /// WAL size at which the aggregator stops acknowledging (backpressure), in bytes.
+    /// WAL size at which the aggregator stops acknowledging (backpressure), in bytes; at least
+    /// one full batch (BATCH_SIZE x (MAX_PAYLOAD_BYTES + 48 KiB)).
     #[arg(long, env = "WAL_MAX_SIZE", default_value_t = 104_857_600, value_parser = clap::value_parser!(u64).range(1..))]
     pub wal_max_size: u64,
 
-    /// Retries of a failed batch write before it goes to the WAL.
-    #[arg(long, env = "MAX_RETRIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
+    /// Attempts at the database per batch before it goes to the WAL (the first at once, then
+    /// RETRY_DELAY doubling: 1s, 2s, 4s, 8s with the defaults).
+    #[arg(long, env = "MAX_RETRIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_retries: u32,
 
-    /// First retry delay; doubles each retry, with ±20% jitter.
-    #[arg(long, env = "RETRY_DELAY", default_value = "1s", value_parser = parse_duration)]
+    /// Wait before the second attempt; doubles for each further one, with ±20% jitter.
+    #[arg(long, env = "RETRY_DELAY", default_value = "1s", value_parser = parse_positive_duration)]
     pub retry_delay: Duration,
 
     /// Longest a batch write may take before it counts as failed (a hung database).
-    #[arg(long, env = "WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "WRITE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub write_timeout: Duration,
 
     /// Consecutive failures that open the circuit breaker.
     #[arg(long, env = "CIRCUIT_BREAKER_THRESHOLD", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub circuit_breaker_threshold: u32,
 
-    /// Time the breaker stays open before one probe is let through.
-    #[arg(long, env = "CIRCUIT_BREAKER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    /// Time the breaker stays open before one probe is let through (only the probe's success
+    /// closes it).
+    #[arg(long, env = "CIRCUIT_BREAKER_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub circuit_breaker_timeout: Duration,
 
     /// How often the health monitor pings the database.
-    #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
     pub health_check_interval: Duration,
 
     /// WAL records replayed per transaction.
@@ -131,17 +134,17 @@ pub struct Config {
     pub replay_batch: u32,
 
     /// JetStream ack wait: an unacknowledged message is redelivered after this long.
-    #[arg(long, env = "ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "ACK_WAIT", default_value = "30s", value_parser = parse_positive_duration)]
     pub ack_wait: Duration,
 
     /// Keep events (and dead letters) this long after they were stored; unset keeps them
     /// forever. The dedup horizon equals the retention: a copy of an event arriving after the
     /// original was deleted is stored again.
-    #[arg(long, env = "RETENTION", value_parser = parse_duration)]
+    #[arg(long, env = "RETENTION", value_parser = parse_retention)]
     pub retention: Option<Duration>,
 
     /// How often the processed-message record is compacted.
-    #[arg(long, env = "COMPACT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "COMPACT_INTERVAL", default_value = "10s", value_parser = parse_positive_duration)]
     pub compact_interval: Duration,
 
     /// Largest accepted HTTP request body, in bytes (413 above it).
@@ -149,7 +152,7 @@ pub struct Config {
     pub max_body_bytes: u64,
 
     /// Longest wait for the stream's acknowledgements of a POST /publish (503 after it).
-    #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub publish_timeout: Duration,
 
     /// Distinct topic label values on metrics; further topics are counted as "other".
@@ -162,15 +165,15 @@ pub struct Config {
     pub max_deliver: i64,
 
     /// Longest time any HTTP request may take (then 408).
-    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
 
     /// POST /publish requests handled at once; more get 503 + Retry-After.
     #[arg(long, env = "MAX_CONCURRENT_PUBLISH", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrent_publish: u32,
 
-    /// Bearer token required by write endpoints when set.
-    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    /// Bearer token required by write endpoints when set (never empty).
+    #[arg(long, env = "API_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub api_token: Option<String>,
 
     /// `json` for JSON logs; anything else gives human-readable logs.
@@ -184,11 +187,61 @@ impl Config {
         u32::from(self.workers) + 6
     }
 
+    /// Checks what no single value can: a bad combination names the variable to change.
+    pub fn validate(&self) -> Result<(), String> {
+        let batch_bytes = u64::from(self.batch_size)
+            .saturating_mul(u64::from(self.max_payload_bytes) + WAL_ENTRY_OVERHEAD);
+        if self.wal_max_size < batch_bytes {
+            return Err(format!(
+                "WAL_MAX_SIZE ({} bytes) cannot hold one batch, so the WAL would report full \
+                 forever: BATCH_SIZE ({}) x (MAX_PAYLOAD_BYTES ({}) + {} bytes per record) = \
+                 {batch_bytes} bytes; raise WAL_MAX_SIZE or lower BATCH_SIZE or MAX_PAYLOAD_BYTES",
+                self.wal_max_size, self.batch_size, self.max_payload_bytes, WAL_ENTRY_OVERHEAD
+            ));
+        }
+        Ok(())
+    }
+
     /// Messages the consumer may have delivered but unacknowledged: the buffer plus every
     /// worker's batch in flight, with room to spare so intake never starves the workers.
     pub fn max_ack_pending(&self) -> i64 {
         i64::from(self.max_buffer_size) + 2 * i64::from(self.workers) * i64::from(self.batch_size)
     }
+}
+
+/// Room a WAL record takes besides its payload, at most: the other event fields (255
+/// characters each, escaped), or a dead letter's 8 KiB of raw bytes written as numbers plus
+/// its subject and reason.
+pub const WAL_ENTRY_OVERHEAD: u64 = 48 * 1024;
+
+/// The longest `RETENTION` (100 years): beyond it the cutoff time is not representable.
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// A duration that must not be zero (a zero timeout fails everything, a zero interval spins).
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?} must be more than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    let d = parse_positive_duration(s)?;
+    if d > MAX_RETENTION {
+        return Err(format!(
+            "{s:?} is longer than 100 years (36500d); unset RETENTION to keep everything"
+        ));
+    }
+    Ok(d)
+}
+
+/// A bearer token: an empty one would silently switch authentication off.
+fn parse_token(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("the token is empty; unset the variable to leave the endpoints open".into());
+    }
+    Ok(s.to_owned())
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h` (a bare number is seconds).
@@ -292,6 +345,47 @@ mod tests {
         assert!(err.to_string().contains("WORKERS"), "{err}");
         let err = Cli::try_parse_from(["aggregator", "--nats-url", "nats://:x"]).unwrap_err();
         assert!(err.to_string().contains("NATS_URL"), "{err}");
+        for var in [
+            "write-timeout",
+            "request-timeout",
+            "health-check-interval",
+            "ack-wait",
+        ] {
+            let err = Cli::try_parse_from(["aggregator", &format!("--{var}"), "0ms"]).unwrap_err();
+            assert!(err.to_string().contains("more than zero"), "{err}");
+        }
+        let err = Cli::try_parse_from(["aggregator", "--retention", "40000d"]).unwrap_err();
+        assert!(err.to_string().contains("RETENTION"), "{err}");
+        let err = Cli::try_parse_from(["aggregator", "--api-token", ""]).unwrap_err();
+        assert!(err.to_string().contains("API_TOKEN"), "{err}");
+        let err = Cli::try_parse_from(["aggregator", "--max-retries", "0"]).unwrap_err();
+        assert!(err.to_string().contains("MAX_RETRIES"), "{err}");
+    }
+
+    #[test]
+    fn a_wal_too_small_for_one_batch_is_refused() {
+        let cli = Cli::try_parse_from(["aggregator", "--wal-max-size", "1000"]).unwrap();
+        let err = cli.config.validate().unwrap_err();
+        assert!(err.starts_with("WAL_MAX_SIZE"), "{err}");
+        let fits = [
+            "aggregator",
+            "--wal-max-size",
+            "1024000",
+            "--batch-size",
+            "20",
+            "--max-payload-bytes",
+            "2048",
+        ];
+        Cli::try_parse_from(fits)
+            .unwrap()
+            .config
+            .validate()
+            .unwrap();
+        Cli::try_parse_from(["aggregator"])
+            .unwrap()
+            .config
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -6,8 +6,12 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // Invalid configuration exits here with clap's one-line error naming the variable.
+    // Invalid configuration exits here with a one-line error naming the variable.
     let cli = Cli::parse();
+    if let Err(e) = cli.config.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     telemetry::init_logging(&cli.config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

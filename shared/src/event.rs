@@ -26,6 +26,10 @@ use std::fmt;
 
 /// Maximum length, in characters, of `topic`, `event_id` and `source`.
 pub const MAX_FIELD_CHARS: usize = 255;
+/// Maximum length, in characters, of `timestamp`. RFC 3339 allows any number of fraction
+/// digits (and chrono accepts them), but a real timestamp is under 40 characters; without a
+/// bound one event could carry a megabyte in this field.
+pub const MAX_TIMESTAMP_CHARS: usize = 64;
 /// Deepest nesting of arrays/objects accepted inside `payload`. JSON parsers commonly stop at
 /// 128 levels (serde_json does), so a deeper payload could be stored but never read back.
 pub const MAX_PAYLOAD_DEPTH: usize = 64;
@@ -200,6 +204,12 @@ impl Event {
     ) -> Result<Self, ValidationError> {
         validate_topic(&topic)?;
         validate_text("event_id", &event_id)?;
+        if timestamp.chars().count() > MAX_TIMESTAMP_CHARS {
+            return Err(ValidationError::new(
+                "timestamp",
+                format!("must be at most {MAX_TIMESTAMP_CHARS} characters"),
+            ));
+        }
         let parsed = DateTime::<FixedOffset>::parse_from_rfc3339(timestamp).map_err(|e| {
             ValidationError::new(
                 "timestamp",
@@ -481,6 +491,8 @@ mod tests {
             err_field(&ev(&"a".repeat(256), "a", ok_ts, "s", "{}")),
             "topic"
         );
+        let long_ts = format!("2026-11-23T10:30:45.{}Z", "1".repeat(1000));
+        assert_eq!(err_field(&ev("t", "a", &long_ts, "s", "{}")), "timestamp");
         assert_eq!(err_field(&ev("t", "", ok_ts, "s", "{}")), "event_id");
         assert_eq!(err_field(&ev("t", "a\nb", ok_ts, "s", "{}")), "event_id");
         assert_eq!(

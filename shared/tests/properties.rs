@@ -14,7 +14,8 @@
 //!   - `topic`: 1..=255 chars, dot-separated non-empty tokens of `[A-Za-z0-9_-]`;
 //!   - `event_id`, `source`: 1..=255 chars (Unicode scalar values), none of them a control
 //!     character (`char::is_control`, i.e. general category Cc);
-//!   - `timestamp`: RFC 3339 as accepted by chrono's `DateTime::parse_from_rfc3339`;
+//!   - `timestamp`: RFC 3339 as accepted by chrono's `DateTime::parse_from_rfc3339`, at most 64
+//!     characters;
 //!   - `payload`: a JSON object whose text as sent is at most `max_payload_bytes` bytes and
 //!     holds no NUL in any string or key;
 //! * unknown extra members are ignored.
@@ -518,7 +519,7 @@ impl Candidate {
         match &self.fields[i] {
             Field::Str(s) => match i {
                 0 => spec::topic_ok(s),
-                2 => spec::timestamp_ok(s),
+                2 => spec::timestamp_ok(s) && s.chars().count() <= 64,
                 _ => spec::text_ok(s),
             },
             _ => false,

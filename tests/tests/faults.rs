@@ -266,8 +266,17 @@ async fn torn_tail_and_flipped_byte_in_the_wal_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_wal_applies_backpressure_instead_of_dropping() {
     let mut env = TestEnv::start().await;
-    // Room for a few dozen records only.
-    let mut agg = Aggregator::spawn(&env, &with(&[("WAL_MAX_SIZE", "30000")])).await;
+    // Room for a hundred-odd records only: the smallest WAL that holds one batch of one record
+    // of at most 1 KiB (WAL_MAX_SIZE is checked against BATCH_SIZE x MAX_PAYLOAD_BYTES).
+    let mut agg = Aggregator::spawn(
+        &env,
+        &with(&[
+            ("WAL_MAX_SIZE", "60000"),
+            ("BATCH_SIZE", "1"),
+            ("MAX_PAYLOAD_BYTES", "1024"),
+        ]),
+    )
+    .await;
     env.pg.stop();
     let summary = run_publisher(
         &env,
@@ -296,4 +305,323 @@ async fn a_full_wal_applies_backpressure_instead_of_dropping() {
 
     env.pg.start().await;
     assert_settled(&env, &mut agg, 3000, 2100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_aggregator_on_the_same_wal_path_refuses_to_start() {
+    let env = TestEnv::start().await;
+    let mut first = Aggregator::spawn(&env, &with(&[])).await;
+    let wal = first.wal_path().to_string_lossy().into_owned();
+    // A copy-pasted configuration: the same WAL directory for a second replica.
+    let mut vars: Vec<(&str, &str)> = FAST.to_vec();
+    vars.push(("WAL_PATH", &wal));
+    let mut second = Aggregator::spawn_no_wait(&env, &vars).await;
+    let status = second.wait_exit().await;
+    assert!(
+        !status.success(),
+        "the second one must not run\n{}",
+        second.log_tail()
+    );
+    let log = second.log_tail();
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(
+        errors[0].contains("WAL_PATH") && errors[0].contains(&wal),
+        "{log}"
+    );
+    // The first one is untouched.
+    run_publisher(
+        &env,
+        &["--count", "200", "--duplicate-rate", "0", "--seed", "41"],
+    )
+    .await;
+    assert_settled(&env, &mut first, 200, 200).await;
+}
+
+/// Flips one byte inside the body of line `line` (1-based) of `path`, in place (the process
+/// appending to it keeps its file descriptor).
+fn flip_body_byte(path: &Path, line: usize) {
+    use std::os::unix::fs::FileExt;
+    let bytes = std::fs::read(path).unwrap();
+    let start: usize = bytes
+        .split(|&b| b == b'\n')
+        .take(line - 1)
+        .map(|l| l.len() + 1)
+        .sum();
+    let end = start + bytes[start..].iter().position(|&b| b == b'\n').unwrap();
+    let at = start
+        + bytes[start..end]
+            .windows(5)
+            .position(|w| w == b"SAT-0")
+            .expect("a source in the body")
+        + 2;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_at(&[bytes[at] ^ 0x01], at as u64).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_wal_record_waits_while_the_stream_cannot_be_asked() {
+    let mut env = TestEnv::start().await;
+    let mut agg = Aggregator::spawn(&env, &with(&[])).await;
+    env.pg.stop();
+    run_publisher(
+        &env,
+        &["--count", "2000", "--duplicate-rate", "0.3", "--seed", "42"],
+    )
+    .await;
+    eventually("all 2000 in the WAL", Duration::from_secs(60), || async {
+        guard_state(&agg).await.0 == 2000
+    })
+    .await;
+    let segs = segments(agg.wal_path());
+    flip_body_byte(&segs[0], 1000);
+
+    // The database is back, but the stream does not answer: the damaged record must not be
+    // given up (nor its line dropped) because of that.
+    env.nats.pause();
+    env.pg.start().await;
+    let log = agg.log_path().to_path_buf();
+    eventually(
+        "a replay met the damaged record",
+        Duration::from_secs(60),
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("the segment waits") || text.contains("could not be recovered")
+        },
+    )
+    .await;
+    env.nats.resume();
+
+    assert_settled(&env, &mut agg, 2000, 1400).await;
+    assert_eq!(
+        agg.metric("aggregator_wal_recovered_from_stream_total")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        agg.metric("aggregator_wal_unrecoverable_records_total")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_records_of_a_stream_the_database_does_not_know_keep_the_wal() {
+    let mut env = TestEnv::start().await;
+    let mut agg = Aggregator::spawn(&env, &with(&[])).await;
+    env.pg.stop();
+    run_publisher(
+        &env,
+        &["--count", "500", "--duplicate-rate", "0", "--seed", "43"],
+    )
+    .await;
+    eventually("all 500 in the WAL", Duration::from_secs(60), || async {
+        guard_state(&agg).await.0 == 500
+    })
+    .await;
+    agg.kill();
+
+    // The WAL now meets another database (a restored or a wrong one), which has never seen
+    // the stream incarnation its records belong to (the stream was re-created meanwhile).
+    env.jetstream().await.delete_stream("EVENTS").await.unwrap();
+    env.pg.start().await;
+    let admin = env.pg.pool("postgres").await;
+    sqlx::query("DROP DATABASE aggregator")
+        .execute(&admin)
+        .await
+        .unwrap();
+    agg.restart().await;
+    eventually(
+        "the replay refused, loudly",
+        Duration::from_secs(60),
+        || async { agg.metric("aggregator_wal_replay_refused_total").await >= 1.0 },
+    )
+    .await;
+    assert!(
+        agg.log_tail().contains("does not know"),
+        "{}",
+        agg.log_tail()
+    );
+
+    // The records are kept, not counted against the new incarnation (whose own sequences
+    // restart at 1 and must all count).
+    run_publisher(
+        &env,
+        &["--count", "100", "--duplicate-rate", "0", "--seed", "44"],
+    )
+    .await;
+    let stats = agg.wait_until_received(100).await;
+    assert_eq!(int(&stats, "received"), 100, "{stats}");
+    assert_eq!(int(&stats, "unique_processed"), 100, "{stats}");
+    assert_eq!(guard_state(&agg).await.0, 500, "the WAL keeps its records");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_postgres_could_not_store_as_sent_does_not_stop_the_pipeline() {
+    let env = TestEnv::start().await;
+    let mut agg = Aggregator::spawn(&env, &with(&[])).await;
+    let js = env.jetstream().await;
+    // A subject carrying NUL, which a Postgres text column refuses; its body is no event.
+    integration_tests::publish_raw(&js, "events.bad\0subject", bytes::Bytes::from_static(b"{}"))
+        .await;
+    run_publisher(
+        &env,
+        &["--count", "300", "--duplicate-rate", "0", "--seed", "45"],
+    )
+    .await;
+    eventually(
+        "the dead letter recorded",
+        Duration::from_secs(60),
+        || async { matches!(agg.get("/stats").await, (200, s) if s["dead_lettered"] == 1) },
+    )
+    .await;
+    assert_settled(&env, &mut agg, 300, 300).await;
+    let subject: String = sqlx::query_scalar("SELECT subject FROM dead_letters")
+        .fetch_one(&env.db().await)
+        .await
+        .unwrap();
+    assert!(subject.starts_with("events.bad"), "{subject:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_gone_from_the_stream_do_not_stop_compaction() {
+    let env = TestEnv::start().await;
+    let mut agg = Aggregator::spawn(&env, &with(&[("COMPACT_INTERVAL", "200ms")])).await;
+    assert!(agg.terminate().await.success());
+    run_publisher(
+        &env,
+        &["--count", "100", "--duplicate-rate", "0", "--seed", "46"],
+    )
+    .await;
+    // Before the aggregator sees them: the first 20 purged, two in the middle deleted.
+    let client = env.nats.connect().await;
+    let api = integration_tests::cluster::js_api;
+    api(
+        &client,
+        "$JS.API.STREAM.PURGE.EVENTS",
+        &serde_json::json!({"seq": 21}),
+    )
+    .await
+    .unwrap();
+    for seq in [50, 70] {
+        api(
+            &client,
+            "$JS.API.STREAM.MSG.DELETE.EVENTS",
+            &serde_json::json!({"seq": seq}),
+        )
+        .await
+        .unwrap();
+    }
+    agg.restart().await;
+    let stats = agg.wait_until_received(78).await;
+    assert_eq!(int(&stats, "received"), 78, "{stats}");
+    let db = env.db().await;
+    eventually(
+        "the floor passes the gaps",
+        Duration::from_secs(60),
+        || async {
+            let (floor, rows): (i64, i64) = sqlx::query_as(
+                "SELECT max(floor_seq), (SELECT count(*) FROM processed_messages) FROM streams",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            (floor, rows) == (100, 0)
+        },
+    )
+    .await;
+    assert_eq!(int(&agg.stats().await, "received"), 78);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_gets_every_attempt_of_the_schedule_even_after_the_breaker_opens() {
+    let mut env = TestEnv::start().await;
+    // Five attempts; the breaker opens at the third failure.
+    let mut agg = Aggregator::spawn(
+        &env,
+        &with(&[
+            ("MAX_RETRIES", "5"),
+            ("CIRCUIT_BREAKER_THRESHOLD", "3"),
+            ("WORKERS", "1"),
+        ]),
+    )
+    .await;
+    env.pg.stop();
+    run_publisher(
+        &env,
+        &["--count", "1", "--duplicate-rate", "0", "--seed", "47"],
+    )
+    .await;
+    eventually("the batch in the WAL", Duration::from_secs(60), || async {
+        guard_state(&agg).await.0 == 1
+    })
+    .await;
+    assert_eq!(
+        agg.metric("aggregator_batch_retries_total").await,
+        5.0,
+        "one batch, five failed attempts before the WAL"
+    );
+    env.pg.start().await;
+    assert_settled(&env, &mut agg, 1, 1).await;
+}
+
+/// `(from, to, when)` of every breaker transition in a JSON log.
+fn breaker_transitions(log: &Path) -> Vec<(String, String, chrono::DateTime<chrono::Utc>)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "circuit breaker")
+        .map(|v| {
+            let when = chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap())
+                .unwrap()
+                .with_timezone(&chrono::Utc);
+            let s = |k: &str| v[k].as_str().unwrap_or("?").to_owned();
+            (s("from"), s("to"), when)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_closes_only_through_its_probe_after_the_timeout() {
+    let mut env = TestEnv::start().await;
+    let mut agg = Aggregator::spawn(
+        &env,
+        &with(&[("CIRCUIT_BREAKER_TIMEOUT", "4s"), ("LOG_FORMAT", "json")]),
+    )
+    .await;
+    env.pg.stop();
+    run_publisher(
+        &env,
+        &["--count", "200", "--duplicate-rate", "0", "--seed", "48"],
+    )
+    .await;
+    eventually("breaker OPEN", Duration::from_secs(60), || async {
+        guard_state(&agg).await.1 == "OPEN"
+    })
+    .await;
+    // The database is back at once; the WAL is replayed through the breaker all the same.
+    env.pg.start().await;
+    assert_settled(&env, &mut agg, 200, 200).await;
+
+    let transitions = breaker_transitions(agg.log_path());
+    let path: Vec<(&str, &str)> = transitions
+        .iter()
+        .map(|(f, t, _)| (f.as_str(), t.as_str()))
+        .collect();
+    assert_eq!(
+        path,
+        [
+            ("CLOSED", "OPEN"),
+            ("OPEN", "HALF_OPEN"),
+            ("HALF_OPEN", "CLOSED")
+        ],
+        "{transitions:?}"
+    );
+    // The product's own clock: the probe came no earlier than CIRCUIT_BREAKER_TIMEOUT.
+    let open_for = transitions[1].2 - transitions[0].2;
+    assert!(
+        open_for >= chrono::Duration::milliseconds(4000 - 20),
+        "half-open {open_for} after opening"
+    );
 }

@@ -1800,6 +1800,19 @@ async fn bad_configuration_exits_with_one_line_naming_the_variable() {
         ("BATCH_SIZE", "1e3"),
         ("STREAM_NAME", "EVENTS.>"),
         ("SUBJECT_PREFIX", "events.>"),
+        // Values that parse but would break the service silently.
+        ("WRITE_TIMEOUT", "0"),
+        ("REQUEST_TIMEOUT", "0ms"),
+        ("HEALTH_CHECK_INTERVAL", "0s"),
+        ("COMPACT_INTERVAL", "0"),
+        ("CIRCUIT_BREAKER_TIMEOUT", "0s"),
+        ("PUBLISH_TIMEOUT", "0"),
+        ("ACK_WAIT", "0"),
+        ("RETRY_DELAY", "0"),
+        ("RETENTION", "100000000d"),
+        ("WAL_MAX_SIZE", "1000"),
+        ("MAX_RETRIES", "0"),
+        ("API_TOKEN", ""),
     ];
     let nats = env.nats_url();
     let db = env.database_url();

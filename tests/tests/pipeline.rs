@@ -414,3 +414,92 @@ async fn processed_record_is_compacted_and_still_rejects_redelivery() {
     let stats = agg.stats().await;
     assert_eq!(int(&stats, "received"), 2100);
 }
+
+/// Rewrites the creation time a nats-server keeps for stream `name` in its store (the stream's
+/// `meta.inf`, and `meta.sum`: HighwayHash-64 keyed by the SHA-256 of the stream name, which
+/// the server checks before loading the stream). The server must be stopped.
+fn rewrite_created(store_dir: &std::path::Path, name: &str, created: &str) {
+    use highway::{HighwayHash, HighwayHasher, Key};
+    use sha2::Digest;
+    let dir = store_dir
+        .join("jetstream")
+        .join("$G")
+        .join("streams")
+        .join(name);
+    let meta_path = dir.join("meta.inf");
+    let mut meta: Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    meta["Created"] = Value::String(created.to_owned());
+    let bytes = serde_json::to_vec(&meta).unwrap();
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let mut key = [0u64; 4];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u64::from_le_bytes(digest[i * 8..i * 8 + 8].try_into().unwrap());
+    }
+    let mut hasher = HighwayHasher::new(Key(key));
+    hasher.append(&bytes);
+    let sum: String = hasher
+        .finalize64()
+        .to_le_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(&meta_path, &bytes).unwrap();
+    std::fs::write(dir.join("meta.sum"), sum).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_identity_does_not_depend_on_the_creation_time_the_server_reports() {
+    let mut env = TestEnv::start().await;
+    let mut agg = Aggregator::spawn(&env, &[]).await;
+    run_publisher(
+        &env,
+        &["--count", "500", "--duplicate-rate", "0.2", "--seed", "7"],
+    )
+    .await;
+    agg.wait_until_received(500).await;
+    assert!(agg.terminate().await.success());
+
+    // The same stream, its sequences carrying on, reported with another creation time (as
+    // another node of a cluster, a restore or an idempotent re-create may report it).
+    env.nats.stop().await;
+    rewrite_created(&env.nats.store_dir(), "EVENTS", "2020-01-01T00:00:00Z");
+    env.nats.restart().await;
+    let js = env.jetstream().await;
+    let mut stream = js.get_stream("EVENTS").await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.created.year(), 2020, "the server reports the new time");
+    assert_eq!(info.state.last_sequence, 500);
+
+    // Everything is delivered again (the consumer is reset), then 100 new events.
+    stream.delete_consumer("aggregator").await.unwrap();
+    agg.restart().await;
+    run_publisher(
+        &env,
+        &["--count", "100", "--duplicate-rate", "0", "--seed", "8"],
+    )
+    .await;
+    let stats = agg.wait_until_received(600).await;
+    integration_tests::eventually(
+        "the 500 redelivered messages skipped",
+        std::time::Duration::from_secs(60),
+        || async {
+            metric_sum(
+                &agg.metrics_text().await,
+                "aggregator_redelivered_skipped_total",
+            ) == 500.0
+        },
+    )
+    .await;
+    let stats_after = agg.stats().await;
+    assert_eq!(
+        int(&stats_after, "received"),
+        600,
+        "{stats_after} (was {stats})"
+    );
+    assert_eq!(int(&stats_after, "unique_processed"), 500, "{stats_after}");
+    let incarnations: i64 = sqlx::query_scalar("SELECT count(*) FROM streams")
+        .fetch_one(&env.db().await)
+        .await
+        .unwrap();
+    assert_eq!(incarnations, 1, "one stream, one incarnation");
+}
