@@ -625,3 +625,21 @@ async fn the_breaker_closes_only_through_its_probe_after_the_timeout() {
         "half-open {open_for} after opening"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hung_while_messages_wait_past_ack_wait_counts_each_message_once() {
+    let mut env = TestEnv::start().await;
+    // Messages held by a hung write are redelivered after ACK_WAIT and logged to the WAL a
+    // second time: each must still count once.
+    let mut agg =
+        Aggregator::spawn(&env, &with(&[("ACK_WAIT", "1s"), ("WRITE_TIMEOUT", "3s")])).await;
+    let publisher = publish_in_background(&env.nats_url(), 6_000, 1_000, 49);
+    wait_received_at_least(&agg, 1_000).await;
+    env.pg.pause();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    env.pg.resume();
+    let summary = publisher.await.unwrap();
+    assert_eq!(int(&summary, "published"), 6_000);
+    let unique = int(&summary, "unique");
+    assert_settled(&env, &mut agg, 6_000, unique).await;
+}

@@ -503,3 +503,70 @@ async fn stream_identity_does_not_depend_on_the_creation_time_the_server_reports
         .unwrap();
     assert_eq!(incarnations, 1, "one stream, one incarnation");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_compacting_under_load_then_a_consumer_reset_count_nothing_twice() {
+    let env = TestEnv::start().await;
+    let vars = [("WORKERS", "2"), ("COMPACT_INTERVAL", "20ms")];
+    let (mut a, b) = tokio::join!(
+        Aggregator::spawn(&env, &vars),
+        Aggregator::spawn(&env, &vars)
+    );
+    let summary = run_publisher(
+        &env,
+        &[
+            "--count",
+            "20000",
+            "--duplicate-rate",
+            "0.3",
+            "--seed",
+            "50",
+        ],
+    )
+    .await;
+    let unique = int(&summary, "unique");
+    a.wait_until_received(20_000).await;
+    let db = env.db().await;
+    integration_tests::eventually(
+        "the processed record compacted to the end of the stream",
+        std::time::Duration::from_secs(60),
+        || async {
+            let (floor, rows): (i64, i64) = sqlx::query_as(
+                "SELECT max(floor_seq), (SELECT count(*) FROM processed_messages) FROM streams",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            (floor, rows) == (20_000, 0)
+        },
+    )
+    .await;
+
+    // The durable consumer deleted and created again: the whole stream comes back.
+    let js = env.jetstream().await;
+    js.get_stream("EVENTS")
+        .await
+        .unwrap()
+        .delete_consumer("aggregator")
+        .await
+        .unwrap();
+    integration_tests::eventually(
+        "every message delivered again and skipped",
+        std::time::Duration::from_secs(90),
+        || async {
+            let skipped = metric_sum(
+                &a.metrics_text().await,
+                "aggregator_redelivered_skipped_total",
+            ) + metric_sum(
+                &b.metrics_text().await,
+                "aggregator_redelivered_skipped_total",
+            );
+            skipped >= 20_000.0
+        },
+    )
+    .await;
+    let stats = a.stats().await;
+    assert_eq!(int(&stats, "received"), 20_000, "{stats}");
+    assert_eq!(int(&stats, "unique_processed"), unique, "{stats}");
+    assert_eq!(count_events(&db).await, unique);
+}
