@@ -643,3 +643,41 @@ async fn postgres_hung_while_messages_wait_past_ack_wait_counts_each_message_onc
     let unique = int(&summary, "unique");
     assert_settled(&env, &mut agg, 6_000, unique).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_with_nothing_left_to_replay_still_closes_after_its_timeout() {
+    let mut env = TestEnv::start().await;
+    let mut agg = Aggregator::spawn(
+        &env,
+        &[
+            ("WORKERS", "1"),
+            ("MAX_RETRIES", "5"),
+            ("RETRY_DELAY", "500ms"),
+            ("WRITE_TIMEOUT", "1s"),
+            ("CIRCUIT_BREAKER_THRESHOLD", "2"),
+            ("CIRCUIT_BREAKER_TIMEOUT", "2s"),
+            ("HEALTH_CHECK_INTERVAL", "300ms"),
+        ],
+    )
+    .await;
+    // A hung database: the batch's attempts time out and open the breaker...
+    env.pg.pause();
+    run_publisher(
+        &env,
+        &["--count", "1", "--duplicate-rate", "0", "--seed", "51"],
+    )
+    .await;
+    eventually("breaker OPEN", Duration::from_secs(60), || async {
+        guard_state(&agg).await.1 == "OPEN"
+    })
+    .await;
+    // ...then a later attempt of the same batch commits while it is OPEN, and nothing else
+    // comes: no batch, no WAL record. The health check must be the probe.
+    env.pg.resume();
+    assert_settled(&env, &mut agg, 1, 1).await;
+    assert_eq!(
+        agg.metric("aggregator_wal_appended_records_total").await,
+        0.0,
+        "the batch committed on a retry, never went to the WAL"
+    );
+}

@@ -19,7 +19,7 @@
 
 use super::wal::{CorruptEntry, Damaged, WalEntry};
 use super::{Durable, Settled, WriteFailure, WriteGuard};
-use crate::guard::breaker::Permit;
+use crate::guard::breaker::{Permit, State};
 use crate::shutdown::CancellationToken;
 use crate::store::batch::BatchOutcome;
 use crate::telemetry::names;
@@ -90,6 +90,7 @@ impl Monitor {
     /// One health check, and a replay when the database is up and the WAL is not empty.
     pub async fn tick(&self) {
         if self.guard.wal_records() == 0 && self.guard.wal_bytes() == 0 {
+            self.probe_if_due().await;
             return;
         }
         if !self.guard.store().ping(Duration::from_secs(2)).await {
@@ -97,6 +98,22 @@ impl Monitor {
         }
         if let Err(e) = self.replay().await {
             tracing::warn!(error = %format!("{e:#}"), "WAL replay interrupted; will retry");
+        }
+    }
+
+    /// With nothing to replay and no batch waiting, nobody else may come to probe a breaker
+    /// whose timeout has passed (writes that started before it opened and then succeeded do
+    /// not close it): the health check is the probe then.
+    async fn probe_if_due(&self) {
+        if self.guard.breaker.state() == State::Closed {
+            return;
+        }
+        if self.guard.breaker.permit() == Permit::Probe {
+            if self.guard.store().ping(Duration::from_secs(2)).await {
+                self.guard.breaker.on_success();
+            } else {
+                self.guard.breaker.on_failure();
+            }
         }
     }
 
