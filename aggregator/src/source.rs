@@ -20,9 +20,15 @@ use futures::future::BoxFuture;
 use shared::Limits;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// Lookups of one stream message's neighbourhood compaction may make per gap.
+/// Message lookups compaction may make per gap.
 const MAX_LOOKUPS_PER_GAP: u32 = 256;
+/// A gap is looked up in the stream only once it has been there this long: most gaps are
+/// messages in flight, filled within a batch's time.
+const MIN_GAP_AGE: Duration = Duration::from_secs(1);
+/// Gaps remembered at most (beyond it the memory starts over).
+const MAX_GAPS_REMEMBERED: usize = 10_000;
 
 pub struct JetStreamSource {
     js: jetstream::Context,
@@ -31,6 +37,8 @@ pub struct JetStreamSource {
     limits: Limits,
     /// Stream id -> (name, identity), for ids that have an identity (it never changes).
     identities: Mutex<HashMap<i32, (String, String)>>,
+    /// (stream id, first sequence) of gaps compaction met, and when it first did.
+    gaps: Mutex<HashMap<(i32, i64), Instant>>,
 }
 
 impl JetStreamSource {
@@ -46,7 +54,20 @@ impl JetStreamSource {
             subject_prefix,
             limits,
             identities: Mutex::new(HashMap::new()),
+            gaps: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether the gap starting at `first` has been seen for at least [`MIN_GAP_AGE`].
+    fn gap_is_old(&self, stream_id: i32, first: i64) -> bool {
+        let Ok(mut gaps) = self.gaps.lock() else {
+            return false;
+        };
+        if gaps.len() >= MAX_GAPS_REMEMBERED {
+            gaps.clear();
+        }
+        let seen = *gaps.entry((stream_id, first)).or_insert_with(Instant::now);
+        seen.elapsed() >= MIN_GAP_AGE
     }
 
     async fn identity(&self, stream_id: i32) -> Result<(String, String), FetchError> {
@@ -137,6 +158,9 @@ impl MessageSource for JetStreamSource {
 impl StreamHistory for JetStreamSource {
     fn gone_prefix(&self, stream_id: i32, first: i64, last: i64) -> BoxFuture<'_, i64> {
         Box::pin(async move {
+            if !self.gap_is_old(stream_id, first) {
+                return 0;
+            }
             let Ok((name, identity)) = self.identity(stream_id).await else {
                 return 0;
             };
