@@ -18,7 +18,6 @@
 
 use crate::config::Config;
 use anyhow::Context;
-use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
 use std::time::Duration;
@@ -193,10 +192,12 @@ pub async fn ensure_consumer(
 }
 
 /// How many sequences from `first` on (up to `last`) the incarnation `identity` of stream
-/// `name` no longer holds: everything when the stream is gone or was re-created, the part
-/// below its first sequence (purged or expired), then message by message (deleted ones), at
-/// most `max_lookups` lookups. 0 when NATS does not answer. Only compaction asks, and a wrong
-/// "gone" costs nothing but a record kept below the floor (see `store::compact`).
+/// `name` no longer holds: everything when the stream was re-created, the part below its
+/// first sequence (purged or expired), then message by message (deleted ones), at most
+/// `max_lookups` lookups. 0 when unsure: NATS does not answer, or the stream is not found
+/// (which a cluster may also answer for a moment during an election). Only compaction asks,
+/// and a wrong "gone" costs nothing but a record kept below the floor (see
+/// `store::compact`).
 pub async fn gone_prefix(
     js: &jetstream::Context,
     name: &str,
@@ -206,13 +207,8 @@ pub async fn gone_prefix(
     max_lookups: u32,
 ) -> i64 {
     let len = last - first + 1;
-    let stream = match js.get_stream(name).await {
-        Ok(s) => s,
-        Err(e) => {
-            let not_found = matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
-                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND);
-            return if not_found { len } else { 0 };
-        }
+    let Ok(stream) = js.get_stream(name).await else {
+        return 0;
     };
     let info = stream.cached_info();
     if identity_of(&info.config).as_deref() != Some(identity) {
