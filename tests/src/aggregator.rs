@@ -343,6 +343,16 @@ impl Aggregator {
         crate::util::metric_sum(&self.metrics_text().await, name)
     }
 
+    /// Waits (60 s safety net) until [`Aggregator::metric`] `name` is `value`.
+    pub async fn wait_metric(&self, name: &str, value: f64) {
+        crate::util::eventually(
+            &format!("{name} == {value}"),
+            Duration::from_secs(60),
+            || async { self.metric(name).await == value },
+        )
+        .await;
+    }
+
     pub async fn stats(&self) -> Value {
         let (status, body) = self.get("/stats").await;
         assert!(

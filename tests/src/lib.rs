@@ -35,4 +35,6 @@ pub use postgres::Postgres;
 pub use publish::{
     event_json, publish_in_background, publish_raw, run_publisher, run_publisher_at,
 };
-pub use util::{create_stream, eventually, file_tail, free_port, int, metric_sum, TempDir};
+pub use util::{
+    create_stream, eventually, file_tail, free_port, int, metric_sum, wait_compacted, TempDir,
+};

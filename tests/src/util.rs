@@ -215,6 +215,25 @@ pub fn file_tail(path: &Path, max_lines: usize) -> String {
     out
 }
 
+/// Waits until the processed-message record has compacted to `floor` (the stream's last
+/// sequence) with no record left above or below it.
+pub async fn wait_compacted(db: &sqlx::PgPool, floor: i64) {
+    eventually(
+        &format!("the processed record compacted to floor {floor} with no record left"),
+        Duration::from_secs(60),
+        || async {
+            let (max_floor, rows): (Option<i64>, i64) = sqlx::query_as(
+                "SELECT max(floor_seq), (SELECT count(*) FROM processed_messages) FROM streams",
+            )
+            .fetch_one(db)
+            .await
+            .unwrap_or((None, -1));
+            (max_floor, rows) == (Some(floor), 0)
+        },
+    )
+    .await;
+}
+
 /// Polls `f` (every 50 ms) until it returns `true`; panics naming `what` after
 /// `timeout`. The timeout is a safety net, never an assertion on timing.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)

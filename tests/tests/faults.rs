@@ -3,7 +3,7 @@
 //! with exact counts and rows, the breaker CLOSED and the WAL empty.
 
 use integration_tests::{
-    eventually, int, publish_in_background, run_publisher, Aggregator, TestEnv,
+    eventually, int, publish_in_background, run_publisher, wait_compacted, Aggregator, TestEnv,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,6 +61,51 @@ async fn assert_settled(env: &TestEnv, agg: &mut Aggregator, received: i64, uniq
     assert_eq!(rows, unique);
 }
 
+/// Stops Postgres, publishes `count` events (`dup` duplicate rate, `seed`) and waits until
+/// all of them are in the aggregator's WAL.
+async fn outage_into_wal(env: &mut TestEnv, agg: &Aggregator, count: u32, dup: &str, seed: u32) {
+    env.pg.stop();
+    let summary = run_publisher(
+        env,
+        &[
+            "--count",
+            &count.to_string(),
+            "--duplicate-rate",
+            dup,
+            "--seed",
+            &seed.to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(int(&summary, "published"), i64::from(count), "{summary}");
+    eventually(
+        &format!("all {count} in the WAL"),
+        Duration::from_secs(60),
+        || async { guard_state(agg).await.0 == i64::from(count) },
+    )
+    .await;
+}
+
+/// Damaged WAL records fetched again from the stream, and lost for good.
+async fn assert_wal_salvage(agg: &Aggregator, recovered: f64, lost: f64) {
+    let got = (
+        agg.metric("aggregator_wal_recovered_from_stream_total")
+            .await,
+        agg.metric("aggregator_wal_unrecoverable_records_total")
+            .await,
+    );
+    assert_eq!(got, (recovered, lost), "(recovered, unrecoverable)");
+}
+
+async fn wait_breaker(agg: &Aggregator, state: &str) {
+    eventually(
+        &format!("breaker {state}"),
+        Duration::from_secs(60),
+        || async { guard_state(agg).await.1 == state },
+    )
+    .await;
+}
+
 async fn wait_received_at_least(agg: &Aggregator, n: i64) {
     eventually(
         &format!("received >= {n}"),
@@ -113,10 +158,7 @@ async fn postgres_stopped_longer_than_the_breaker_timeout_loses_nothing() {
     wait_received_at_least(&agg, 1_000).await;
 
     env.pg.stop();
-    eventually("breaker OPEN", Duration::from_secs(30), || async {
-        guard_state(&agg).await.1 == "OPEN"
-    })
-    .await;
+    wait_breaker(&agg, "OPEN").await;
     // Longer than CIRCUIT_BREAKER_TIMEOUT: the half-open probe fails and the breaker reopens.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (wal_records, breaker, code) = guard_state(&agg).await;
@@ -162,17 +204,7 @@ async fn hanging_postgres_connections_lose_nothing() {
 async fn aggregator_killed_while_the_wal_holds_records_replays_after_restart() {
     let mut env = TestEnv::start().await;
     let mut agg = Aggregator::spawn(&env, &with(&[])).await;
-    env.pg.stop();
-    let summary = run_publisher(
-        &env,
-        &["--count", "3000", "--duplicate-rate", "0.3", "--seed", "24"],
-    )
-    .await;
-    assert_eq!(int(&summary, "published"), 3000);
-    eventually("all 3000 in the WAL", Duration::from_secs(60), || async {
-        guard_state(&agg).await.0 == 3000
-    })
-    .await;
+    outage_into_wal(&mut env, &agg, 3000, "0.3", 24).await;
     // Every message is acknowledged (it is durable in the WAL): the stream has nothing
     // pending for the consumer.
     let js = env.jetstream().await;
@@ -210,16 +242,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 async fn torn_tail_and_flipped_byte_in_the_wal_lose_nothing() {
     let mut env = TestEnv::start().await;
     let mut agg = Aggregator::spawn(&env, &with(&[])).await;
-    env.pg.stop();
-    run_publisher(
-        &env,
-        &["--count", "2000", "--duplicate-rate", "0.3", "--seed", "25"],
-    )
-    .await;
-    eventually("all 2000 in the WAL", Duration::from_secs(60), || async {
-        guard_state(&agg).await.0 == 2000
-    })
-    .await;
+    outage_into_wal(&mut env, &agg, 2000, "0.3", 25).await;
     agg.kill();
 
     let segs = segments(agg.wal_path());
@@ -247,16 +270,7 @@ async fn torn_tail_and_flipped_byte_in_the_wal_lose_nothing() {
     env.pg.start().await;
     agg.restart().await;
     assert_settled(&env, &mut agg, 2000, 1400).await;
-    assert_eq!(
-        agg.metric("aggregator_wal_recovered_from_stream_total")
-            .await,
-        1.0
-    );
-    assert_eq!(
-        agg.metric("aggregator_wal_unrecoverable_records_total")
-            .await,
-        0.0
-    );
+    assert_wal_salvage(&agg, 1.0, 0.0).await;
     assert!(agg.metric("aggregator_wal_truncated_bytes_total").await > 0.0);
     // The damaged line is kept for inspection.
     let quarantine = std::fs::read_to_string(agg.wal_path().join("quarantine.jsonl")).unwrap();
@@ -363,16 +377,7 @@ fn flip_body_byte(path: &Path, line: usize) {
 async fn a_damaged_wal_record_waits_while_the_stream_cannot_be_asked() {
     let mut env = TestEnv::start().await;
     let mut agg = Aggregator::spawn(&env, &with(&[])).await;
-    env.pg.stop();
-    run_publisher(
-        &env,
-        &["--count", "2000", "--duplicate-rate", "0.3", "--seed", "42"],
-    )
-    .await;
-    eventually("all 2000 in the WAL", Duration::from_secs(60), || async {
-        guard_state(&agg).await.0 == 2000
-    })
-    .await;
+    outage_into_wal(&mut env, &agg, 2000, "0.3", 42).await;
     let segs = segments(agg.wal_path());
     flip_body_byte(&segs[0], 1000);
 
@@ -393,32 +398,14 @@ async fn a_damaged_wal_record_waits_while_the_stream_cannot_be_asked() {
     env.nats.resume();
 
     assert_settled(&env, &mut agg, 2000, 1400).await;
-    assert_eq!(
-        agg.metric("aggregator_wal_recovered_from_stream_total")
-            .await,
-        1.0
-    );
-    assert_eq!(
-        agg.metric("aggregator_wal_unrecoverable_records_total")
-            .await,
-        0.0
-    );
+    assert_wal_salvage(&agg, 1.0, 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_records_of_a_stream_the_database_does_not_know_keep_the_wal() {
     let mut env = TestEnv::start().await;
     let mut agg = Aggregator::spawn(&env, &with(&[])).await;
-    env.pg.stop();
-    run_publisher(
-        &env,
-        &["--count", "500", "--duplicate-rate", "0", "--seed", "43"],
-    )
-    .await;
-    eventually("all 500 in the WAL", Duration::from_secs(60), || async {
-        guard_state(&agg).await.0 == 500
-    })
-    .await;
+    outage_into_wal(&mut env, &agg, 500, "0", 43).await;
     agg.kill();
 
     // The WAL now meets another database (a restored or a wrong one), which has never seen
@@ -515,21 +502,8 @@ async fn messages_gone_from_the_stream_do_not_stop_compaction() {
     agg.restart().await;
     let stats = agg.wait_until_received(78).await;
     assert_eq!(int(&stats, "received"), 78, "{stats}");
-    let db = env.db().await;
-    eventually(
-        "the floor passes the gaps",
-        Duration::from_secs(60),
-        || async {
-            let (floor, rows): (i64, i64) = sqlx::query_as(
-                "SELECT max(floor_seq), (SELECT count(*) FROM processed_messages) FROM streams",
-            )
-            .fetch_one(&db)
-            .await
-            .unwrap();
-            (floor, rows) == (100, 0)
-        },
-    )
-    .await;
+    // The floor passes the gaps, to the end of the stream.
+    wait_compacted(&env.db().await, 100).await;
     assert_eq!(int(&agg.stats().await, "received"), 78);
 }
 
@@ -546,16 +520,7 @@ async fn a_failed_batch_gets_every_attempt_of_the_schedule_even_after_the_breake
         ]),
     )
     .await;
-    env.pg.stop();
-    run_publisher(
-        &env,
-        &["--count", "1", "--duplicate-rate", "0", "--seed", "47"],
-    )
-    .await;
-    eventually("the batch in the WAL", Duration::from_secs(60), || async {
-        guard_state(&agg).await.0 == 1
-    })
-    .await;
+    outage_into_wal(&mut env, &agg, 1, "0", 47).await;
     assert_eq!(
         agg.metric("aggregator_batch_retries_total").await,
         5.0,
@@ -596,10 +561,7 @@ async fn the_breaker_closes_only_through_its_probe_after_the_timeout() {
         &["--count", "200", "--duplicate-rate", "0", "--seed", "48"],
     )
     .await;
-    eventually("breaker OPEN", Duration::from_secs(60), || async {
-        guard_state(&agg).await.1 == "OPEN"
-    })
-    .await;
+    wait_breaker(&agg, "OPEN").await;
     // The database is back at once; the WAL is replayed through the breaker all the same.
     env.pg.start().await;
     assert_settled(&env, &mut agg, 200, 200).await;
@@ -667,10 +629,7 @@ async fn an_open_breaker_with_nothing_left_to_replay_still_closes_after_its_time
         &["--count", "1", "--duplicate-rate", "0", "--seed", "51"],
     )
     .await;
-    eventually("breaker OPEN", Duration::from_secs(60), || async {
-        guard_state(&agg).await.1 == "OPEN"
-    })
-    .await;
+    wait_breaker(&agg, "OPEN").await;
     // ...then a later attempt of the same batch commits while it is OPEN, and nothing else
     // comes: no batch, no WAL record. The health check must be the probe.
     env.pg.resume();

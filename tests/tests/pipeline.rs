@@ -360,24 +360,7 @@ async fn processed_record_is_compacted_and_still_rejects_redelivery() {
     )
     .await;
     agg.wait_until_received(2000).await;
-    let db = env.db().await;
-    integration_tests::eventually(
-        "processed record compacted",
-        std::time::Duration::from_secs(60),
-        || async {
-            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_messages")
-                .fetch_one(&db)
-                .await
-                .unwrap();
-            left == 0
-        },
-    )
-    .await;
-    let floor: i64 = sqlx::query_scalar("SELECT max(floor_seq) FROM streams")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    assert_eq!(floor, 2000);
+    integration_tests::wait_compacted(&env.db().await, 2000).await;
     assert!(agg.terminate().await.success());
 
     // A consumer re-created from scratch redelivers the whole stream: below the floor,
@@ -400,17 +383,8 @@ async fn processed_record_is_compacted_and_still_rejects_redelivery() {
     assert_eq!(int(&stats, "unique_processed"), 1900);
     assert_eq!(int(&stats, "duplicate_dropped"), 200);
     // Redelivered batches may still be settling after the new ones committed.
-    integration_tests::eventually(
-        "all 2000 redelivered messages skipped",
-        std::time::Duration::from_secs(60),
-        || async {
-            metric_sum(
-                &agg.metrics_text().await,
-                "aggregator_redelivered_skipped_total",
-            ) == 2000.0
-        },
-    )
-    .await;
+    agg.wait_metric("aggregator_redelivered_skipped_total", 2000.0)
+        .await;
     let stats = agg.stats().await;
     assert_eq!(int(&stats, "received"), 2100);
 }
@@ -479,17 +453,8 @@ async fn stream_identity_does_not_depend_on_the_creation_time_the_server_reports
     )
     .await;
     let stats = agg.wait_until_received(600).await;
-    integration_tests::eventually(
-        "the 500 redelivered messages skipped",
-        std::time::Duration::from_secs(60),
-        || async {
-            metric_sum(
-                &agg.metrics_text().await,
-                "aggregator_redelivered_skipped_total",
-            ) == 500.0
-        },
-    )
-    .await;
+    agg.wait_metric("aggregator_redelivered_skipped_total", 500.0)
+        .await;
     let stats_after = agg.stats().await;
     assert_eq!(
         int(&stats_after, "received"),
@@ -527,20 +492,7 @@ async fn two_replicas_compacting_under_load_then_a_consumer_reset_count_nothing_
     let unique = int(&summary, "unique");
     a.wait_until_received(20_000).await;
     let db = env.db().await;
-    integration_tests::eventually(
-        "the processed record compacted to the end of the stream",
-        std::time::Duration::from_secs(60),
-        || async {
-            let (floor, rows): (i64, i64) = sqlx::query_as(
-                "SELECT max(floor_seq), (SELECT count(*) FROM processed_messages) FROM streams",
-            )
-            .fetch_one(&db)
-            .await
-            .unwrap();
-            (floor, rows) == (20_000, 0)
-        },
-    )
-    .await;
+    integration_tests::wait_compacted(&db, 20_000).await;
 
     // The durable consumer deleted and created again: the whole stream comes back.
     let js = env.jetstream().await;
