@@ -2,7 +2,7 @@
 //! [`crate::store::compact`]) and, with `RETENTION` set, deletion of old rows.
 
 use crate::shutdown::CancellationToken;
-use crate::store::compact::{self, Compaction, StreamHistory};
+use crate::store::compact::{Compaction, StreamHistory};
 use crate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,9 @@ pub async fn run(
             }
         };
         for id in ids {
-            match compact::compact_stream(store.pool(), id, Compaction::default(), &*history).await
+            match store
+                .compact_stream(id, Compaction::default(), &*history)
+                .await
             {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(stream_id = id, deleted = n, "compacted processed record"),
@@ -39,7 +41,7 @@ pub async fn run(
             let Some(cutoff) = chrono::Utc::now().checked_sub_signed(keep) else {
                 continue;
             };
-            match compact::apply_retention(store.pool(), cutoff, 5_000).await {
+            match store.apply_retention(cutoff, 5_000).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "retention: deleted old events"),
                 Err(e) => tracing::warn!(error = %e, "retention failed"),

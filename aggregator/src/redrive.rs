@@ -10,12 +10,13 @@
 
 use crate::broker;
 use crate::config::Config;
-use crate::store::{queries, Store};
+use crate::store::Store;
 use anyhow::Context;
 
 pub async fn run(config: &Config, ids: &[i64], dry_run: bool) -> anyhow::Result<()> {
     let store = Store::connect(&config.database_url, 2).await?;
-    let rows = queries::pending_dead_letters(store.pool(), (!ids.is_empty()).then_some(ids))
+    let rows = store
+        .pending_dead_letters((!ids.is_empty()).then_some(ids))
         .await
         .context("reading dead letters")?;
     if rows.is_empty() {
@@ -55,7 +56,7 @@ pub async fn run(config: &Config, ids: &[i64], dry_run: bool) -> anyhow::Result<
                     row.id
                 )
             })?;
-        queries::mark_redriven(store.pool(), row.id).await?;
+        store.mark_redriven(row.id).await?;
         println!("redrove {} to {}", row.id, row.subject);
         sent += 1;
     }

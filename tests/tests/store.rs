@@ -2,7 +2,7 @@
 //! compaction must be exact whatever their callers do (duplicates in one batch, two replicas
 //! compacting at once, a record of a stream the database does not know).
 
-use aggregator::store::batch::{write_batch, DeadLetter, Record};
+use aggregator::store::batch::{DeadLetter, Record};
 use aggregator::store::compact::{self, Compaction, NoHistory};
 use aggregator::store::Store;
 use integration_tests::Postgres;
@@ -44,13 +44,11 @@ async fn the_same_stream_message_twice_in_one_batch_counts_once() {
         DeadLetter::new(sid, 7, "events.x".into(), b"{", "bad".into()),
         DeadLetter::new(sid, 7, "events.x".into(), b"{", "bad".into()),
     ];
-    let outcome = write_batch(store.pool(), 0, &batch, &dead).await.unwrap();
+    let outcome = store.write_batch(0, &batch, &dead).await.unwrap();
     // Two stream messages (5 and 6) carrying one event: 2 received, 1 unique.
     assert_eq!((outcome.received, outcome.unique), (2, 1), "{outcome:?}");
     assert_eq!(outcome.dead_lettered, 1, "{outcome:?}");
-    let totals = aggregator::store::queries::totals(store.pool())
-        .await
-        .unwrap();
+    let totals = store.totals().await.unwrap();
     assert_eq!((totals.received, totals.unique_processed), (2, 1));
     assert_eq!(totals.dead_lettered, 1);
 }
@@ -61,12 +59,10 @@ async fn a_record_of_a_stream_the_database_does_not_know_is_an_error() {
     let store = store(&pg).await;
     store.register_stream("EVENTS", "1", None).await.unwrap();
     // A WAL written against another (or an older, restored) database.
-    let result = write_batch(store.pool(), 0, &[record(424_242, 1, "a")], &[]).await;
+    let result = store.write_batch(0, &[record(424_242, 1, "a")], &[]).await;
     let err = result.expect_err("an unknown stream must not look already processed");
     assert!(err.to_string().contains("424242"), "{err}");
-    let totals = aggregator::store::queries::totals(store.pool())
-        .await
-        .unwrap();
+    let totals = store.totals().await.unwrap();
     assert_eq!(totals.received, 0);
 }
 
@@ -91,7 +87,7 @@ async fn two_replicas_compacting_at_once_never_lose_a_record_above_the_floor() {
     let pg = Postgres::new().await;
     let store = store(&pg).await;
     let sid = store.register_stream("EVENTS", "1", None).await.unwrap().id;
-    let pool = store.pool().clone();
+    let pool = pg.pool("aggregator").await;
     let insert = |from: i64, to: i64| {
         sqlx::query(
             "INSERT INTO processed_messages (stream_id, stream_seq)
@@ -111,15 +107,23 @@ async fn two_replicas_compacting_at_once_never_lose_a_record_above_the_floor() {
         .await
         .unwrap();
     let a = tokio::spawn({
-        let pool = pool.clone();
-        async move { compact::compact_stream(&pool, sid, Compaction::default(), &NoHistory).await }
+        let store = store.clone();
+        async move {
+            store
+                .compact_stream(sid, Compaction::default(), &NoHistory)
+                .await
+        }
     });
     advisory_waiters(&pool, 1).await;
     // More messages are processed; replica B plans from the same floor (0 -> 150) and waits.
     insert(101, 150).execute(&pool).await.unwrap();
     let b = tokio::spawn({
-        let pool = pool.clone();
-        async move { compact::compact_stream(&pool, sid, Compaction::default(), &NoHistory).await }
+        let store = store.clone();
+        async move {
+            store
+                .compact_stream(sid, Compaction::default(), &NoHistory)
+                .await
+        }
     });
     advisory_waiters(&pool, 2).await;
     holder.commit().await.unwrap();
@@ -147,7 +151,8 @@ async fn two_replicas_compacting_at_once_never_lose_a_record_above_the_floor() {
         "floor {floor}: records above it were deleted"
     );
     // And compaction goes on from there.
-    compact::compact_stream(&pool, sid, Compaction::default(), &NoHistory)
+    store
+        .compact_stream(sid, Compaction::default(), &NoHistory)
         .await
         .unwrap();
     let floor: i64 = sqlx::query_scalar("SELECT floor_seq FROM streams WHERE id = $1")
@@ -171,11 +176,11 @@ async fn a_dead_letter_with_text_postgres_cannot_hold_is_still_recorded() {
         b"\0{}",
         "topic \"a\0b\" is not valid".into(),
     )];
-    let outcome = write_batch(store.pool(), 0, &[], &dead).await.unwrap();
+    let outcome = store.write_batch(0, &[], &dead).await.unwrap();
     assert_eq!(outcome.dead_lettered, 1);
     let (subject, raw): (String, Vec<u8>) =
         sqlx::query_as("SELECT subject, raw FROM dead_letters WHERE stream_seq = 1")
-            .fetch_one(store.pool())
+            .fetch_one(&pg.pool("aggregator").await)
             .await
             .unwrap();
     assert!(
@@ -190,11 +195,12 @@ async fn a_stuck_writer_does_not_queue_every_writer_behind_compaction() {
     let pg = Postgres::new().await;
     let store = store(&pg).await;
     let sid = store.register_stream("EVENTS", "1", None).await.unwrap().id;
-    write_batch(store.pool(), 0, &[record(sid, 1, "a")], &[])
+    store
+        .write_batch(0, &[record(sid, 1, "a")], &[])
         .await
         .unwrap();
     // A session left idle in a transaction that holds the writers' (shared) lock.
-    let pool = store.pool().clone();
+    let pool = pg.pool("aggregator").await;
     let mut stuck = pool.begin().await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
         .bind(aggregator::store::batch::COMPACTION_LOCK)
@@ -202,14 +208,18 @@ async fn a_stuck_writer_does_not_queue_every_writer_behind_compaction() {
         .await
         .unwrap();
     let compactor = tokio::spawn({
-        let pool = pool.clone();
-        async move { compact::compact_stream(&pool, sid, Compaction::default(), &NoHistory).await }
+        let store = store.clone();
+        async move {
+            store
+                .compact_stream(sid, Compaction::default(), &NoHistory)
+                .await
+        }
     });
     advisory_waiters(&pool, 1).await;
     // Writers must go on while compaction waits for the stuck session.
     let write = tokio::time::timeout(
         std::time::Duration::from_secs(60),
-        write_batch(store.pool(), 0, &[record(sid, 2, "b")], &[]),
+        store.write_batch(0, &[record(sid, 2, "b")], &[]),
     )
     .await
     .expect("a writer queued behind the waiting compactor");
@@ -244,7 +254,7 @@ async fn compaction_passes_gaps_the_stream_no_longer_holds_and_late_copies_still
     let pg = Postgres::new().await;
     let store = store(&pg).await;
     let sid = store.register_stream("EVENTS", "1", None).await.unwrap().id;
-    let pool = store.pool().clone();
+    let pool = pg.pool("aggregator").await;
     // Sequences 1..=10 processed except 4 (purged from the stream while a replica held it in
     // its WAL) and 7 (still in flight).
     let seqs: Vec<i64> = (1..=10).filter(|s| ![4, 7].contains(s)).collect();
@@ -252,15 +262,17 @@ async fn compaction_passes_gaps_the_stream_no_longer_holds_and_late_copies_still
         .iter()
         .map(|&s| record(sid, s, &format!("e{s}")))
         .collect();
-    write_batch(&pool, 0, &batch, &[]).await.unwrap();
+    store.write_batch(0, &batch, &[]).await.unwrap();
 
     // Without knowing the stream's past, the floor stops at the first gap.
-    compact::compact_stream(&pool, sid, Compaction::default(), &NoHistory)
+    store
+        .compact_stream(sid, Compaction::default(), &NoHistory)
         .await
         .unwrap();
     assert_eq!(floor_and_rows(&pool, sid).await, (3, 5));
     // Knowing 4 is gone from the stream, it passes 4 and stops at 7 (still held).
-    compact::compact_stream(&pool, sid, Compaction::default(), &Lost(vec![4]))
+    store
+        .compact_stream(sid, Compaction::default(), &Lost(vec![4]))
         .await
         .unwrap();
     assert_eq!(floor_and_rows(&pool, sid).await, (6, 3));
@@ -268,20 +280,22 @@ async fn compaction_passes_gaps_the_stream_no_longer_holds_and_late_copies_still
     // The WAL copy of 4 arrives after all: below the floor, but in a skipped range, so it is
     // counted, once.
     let late = [record(sid, 4, "e4")];
-    assert_eq!(write_batch(&pool, 0, &late, &[]).await.unwrap().received, 1);
-    assert_eq!(write_batch(&pool, 0, &late, &[]).await.unwrap().received, 0);
+    assert_eq!(store.write_batch(0, &late, &[]).await.unwrap().received, 1);
+    assert_eq!(store.write_batch(0, &late, &[]).await.unwrap().received, 0);
     // 7 comes, the floor moves to the end, and only the record of 4 stays (it is what says 4
     // was counted).
-    write_batch(&pool, 0, &[record(sid, 7, "e7")], &[])
+    store
+        .write_batch(0, &[record(sid, 7, "e7")], &[])
         .await
         .unwrap();
-    compact::compact_stream(&pool, sid, Compaction::default(), &Lost(vec![4]))
+    store
+        .compact_stream(sid, Compaction::default(), &Lost(vec![4]))
         .await
         .unwrap();
     assert_eq!(floor_and_rows(&pool, sid).await, (10, 1));
     // Redelivery of everything (a consumer reset) counts nothing again.
     let all: Vec<Record> = (1..=10).map(|s| record(sid, s, &format!("e{s}"))).collect();
-    assert_eq!(write_batch(&pool, 0, &all, &[]).await.unwrap().received, 0);
-    let totals = aggregator::store::queries::totals(&pool).await.unwrap();
+    assert_eq!(store.write_batch(0, &all, &[]).await.unwrap().received, 0);
+    let totals = store.totals().await.unwrap();
     assert_eq!((totals.received, totals.unique_processed), (10, 10));
 }

@@ -7,7 +7,6 @@
 
 use super::{query, ApiError};
 use crate::state::SharedState;
-use crate::store::queries;
 use axum::extract::{RawQuery, State};
 use axum::Json;
 use base64::Engine;
@@ -69,7 +68,8 @@ pub async fn list(
         .store
         .get()
         .ok_or_else(|| ApiError::unavailable("starting up: database not connected yet"))?;
-    let mut rows = queries::list_dead_letters(store.pool(), after, limit + 1, include_redriven)
+    let mut rows = store
+        .list_dead_letters(after, limit + 1, include_redriven)
         .await
         .map_err(ApiError::from_db)?;
     let next = if rows.len() as i64 > limit {

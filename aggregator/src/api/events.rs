@@ -7,7 +7,7 @@
 
 use super::{query, ApiError};
 use crate::state::SharedState;
-use crate::store::queries::{self, EventFilter, StoredEvent};
+use crate::store::queries::{EventFilter, StoredEvent};
 use axum::extract::{RawQuery, State};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -42,9 +42,7 @@ pub async fn list(
         .ok_or_else(|| ApiError::unavailable("starting up: database not connected yet"))?;
     let mut want = filter.clone();
     want.limit = filter.limit + 1;
-    let mut rows = queries::list_events(store.pool(), &want)
-        .await
-        .map_err(ApiError::from_db)?;
+    let mut rows = store.list_events(&want).await.map_err(ApiError::from_db)?;
     let next = if rows.len() as i64 > filter.limit {
         rows.truncate(filter.limit as usize);
         rows.last().map(|r| encode_cursor(r.ts, r.id))

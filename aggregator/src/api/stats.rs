@@ -3,7 +3,7 @@
 use super::ApiError;
 use crate::broker;
 use crate::state::SharedState;
-use crate::store::queries::{self, TopicCounts};
+use crate::store::queries::TopicCounts;
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
@@ -29,9 +29,7 @@ pub async fn get_stats(State(state): State<SharedState>) -> Result<Json<Stats>, 
         .store
         .get()
         .ok_or_else(|| ApiError::unavailable("starting up: database not connected yet"))?;
-    let totals = queries::totals(store.pool())
-        .await
-        .map_err(ApiError::from_db)?;
+    let totals = store.totals().await.map_err(ApiError::from_db)?;
     let pending = match state.jetstream() {
         Some(js) => broker::consumer_pending(&js, &state.config).await,
         None => None,

@@ -26,7 +26,7 @@ pub mod retry;
 pub mod wal;
 
 use crate::shutdown::CancellationToken;
-use crate::store::batch::{self, BatchOutcome, DeadLetter, Record, WriteError};
+use crate::store::batch::{BatchOutcome, DeadLetter, Record, WriteError};
 use crate::store::{is_transient, Store};
 use crate::telemetry::names;
 use breaker::{CircuitBreaker, Permit};
@@ -313,7 +313,7 @@ fn write_isolating<'a>(
             durable: Durable::Committed(outcome),
             dead: dead.iter().map(|d| (d.stream_id, d.seq)).collect(),
         };
-        let err = match batch::write_batch(store.pool(), shard, records, dead).await {
+        let err = match store.write_batch(shard, records, dead).await {
             Ok(outcome) => {
                 metrics::histogram!(names::BATCH_WRITE_SECONDS)
                     .record(started.elapsed().as_secs_f64());
@@ -351,7 +351,7 @@ fn write_isolating<'a>(
             &r.event.to_json(),
             format!("rejected by the database: {err}"),
         ));
-        match batch::write_batch(store.pool(), shard, &[], &dead).await {
+        match store.write_batch(shard, &[], &dead).await {
             Ok(outcome) => Ok(committed(outcome, &dead)),
             Err(WriteError::UnknownStreams(ids)) => Err(WriteFailure::UnknownStreams(ids)),
             Err(WriteError::Db(e)) => Err(WriteFailure::Unavailable(format!(

@@ -22,6 +22,7 @@
 //! another or a restored database) is an error, [`WriteError::UnknownStreams`], never a
 //! message silently taken as already processed.
 
+use super::Store;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::Event;
@@ -156,12 +157,26 @@ impl BatchOutcome {
     }
 }
 
-/// Whether sequence `b.seq` of stream `b.stream_id` may still be counted: above the floor, or
-/// at or below it in a range that was skipped without being processed. An unknown stream
-/// (no `s` row) is let through to the insert, where its foreign key makes the write fail.
-const MAY_COUNT: &str = "(s.id IS NULL OR b.seq > s.floor_seq OR EXISTS (
+/// The exactly-once rule, written once for both statements: records the messages of CTE
+/// `source` (columns `stream_id`, `seq`) in `processed_messages` and returns those recorded
+/// now, which are the ones to count. A message may be counted when its sequence is above
+/// its stream's floor, or at or below it in a range that was skipped without being
+/// processed. An unknown stream (no `s` row) is let through to the insert, where its
+/// foreign key makes the write fail.
+fn fresh_cte(source: &str) -> String {
+    format!(
+        r#"fresh AS (
+    INSERT INTO processed_messages (stream_id, stream_seq)
+    SELECT b.stream_id, b.seq FROM {source} b LEFT JOIN streams s ON s.id = b.stream_id
+    WHERE s.id IS NULL OR b.seq > s.floor_seq OR EXISTS (
         SELECT 1 FROM skipped_ranges k
-        WHERE k.stream_id = b.stream_id AND b.seq BETWEEN k.first_seq AND k.last_seq))";
+        WHERE k.stream_id = b.stream_id AND b.seq BETWEEN k.first_seq AND k.last_seq)
+    ORDER BY b.stream_id, b.seq
+    ON CONFLICT DO NOTHING
+    RETURNING stream_id, stream_seq
+)"#
+    )
+}
 
 fn insert_events_sql() -> String {
     format!(
@@ -173,14 +188,7 @@ WITH batch AS (
                 $7::text[], $8::text[], $9::text[])
         AS b(stream_id, seq, topic, event_id, ts, source, payload, traceparent)
     ORDER BY stream_id, seq
-), fresh AS (
-    INSERT INTO processed_messages (stream_id, stream_seq)
-    SELECT b.stream_id, b.seq FROM batch b LEFT JOIN streams s ON s.id = b.stream_id
-    WHERE {MAY_COUNT}
-    ORDER BY b.stream_id, b.seq
-    ON CONFLICT DO NOTHING
-    RETURNING stream_id, stream_seq
-), counted AS (
+), {fresh}, counted AS (
     SELECT b.* FROM batch b JOIN fresh f ON f.stream_id = b.stream_id AND f.stream_seq = b.seq
 ), stored AS (
     INSERT INTO events (topic, event_id, ts, source, payload, traceparent)
@@ -200,7 +208,8 @@ WITH batch AS (
             unique_processed = c.unique_processed + excluded.unique_processed
 )
 SELECT topic, received, uniq AS "unique" FROM counts
-"#
+"#,
+        fresh = fresh_cte("batch")
     )
 }
 
@@ -212,14 +221,7 @@ WITH dl AS (
     FROM unnest($2::int[], $3::bigint[], $4::text[], $5::bytea[], $6::int[], $7::text[])
         AS d(stream_id, seq, subject, raw, raw_size, reason)
     ORDER BY stream_id, seq
-), fresh AS (
-    INSERT INTO processed_messages (stream_id, stream_seq)
-    SELECT b.stream_id, b.seq FROM dl b LEFT JOIN streams s ON s.id = b.stream_id
-    WHERE {MAY_COUNT}
-    ORDER BY b.stream_id, b.seq
-    ON CONFLICT DO NOTHING
-    RETURNING stream_id, stream_seq
-), ins AS (
+), {fresh}, ins AS (
     INSERT INTO dead_letters (stream_id, stream_seq, subject, raw, raw_size, reason)
     SELECT d.stream_id, d.seq, d.subject, d.raw, d.raw_size, d.reason
     FROM dl d JOIN fresh f ON f.stream_id = d.stream_id AND f.stream_seq = d.seq
@@ -232,7 +234,8 @@ WITH dl AS (
     ON CONFLICT (shard) DO UPDATE SET count = c.count + excluded.count
 )
 SELECT count(*)::bigint FROM ins
-"#
+"#,
+        fresh = fresh_cte("dl")
     )
 }
 
@@ -242,11 +245,22 @@ fn statements() -> &'static (String, String) {
     SQL.get_or_init(|| (insert_events_sql(), insert_dead_letters_sql()))
 }
 
-/// Writes one batch in one transaction. `shard` is the caller's counter shard.
-///
-/// Safe to call again with the same records (after an ambiguous failure, or from WAL replay):
-/// anything already counted is skipped and reported in `already_processed`.
-pub async fn write_batch(
+impl Store {
+    /// Writes one batch in one transaction. `shard` is the caller's counter shard.
+    ///
+    /// Safe to call again with the same records (after an ambiguous failure, or from WAL
+    /// replay): anything already counted is skipped and reported in `already_processed`.
+    pub async fn write_batch(
+        &self,
+        shard: i16,
+        records: &[Record],
+        dead: &[DeadLetter],
+    ) -> Result<BatchOutcome, WriteError> {
+        write_batch(&self.pool, shard, records, dead).await
+    }
+}
+
+async fn write_batch(
     pool: &PgPool,
     shard: i16,
     records: &[Record],

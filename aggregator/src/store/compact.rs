@@ -20,6 +20,7 @@
 //! lock makes compaction skip a round instead of queueing every writer behind it.
 
 use super::batch::COMPACTION_LOCK;
+use super::Store;
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -54,7 +55,7 @@ pub struct Plan {
 
 /// Plans the next step: the run of processed sequences right above the floor (at most
 /// `chunk` rows), across gaps that `history` says are gone. `None` when the floor cannot move.
-pub async fn plan(
+async fn plan(
     pool: &PgPool,
     stream_id: i32,
     chunk: i64,
@@ -192,8 +193,30 @@ impl Default for Compaction {
     }
 }
 
-/// Compacts one stream incarnation as far as it goes now. Returns how many rows were deleted.
-pub async fn compact_stream(
+impl Store {
+    /// Compacts one stream incarnation as far as it goes now. Returns how many rows were
+    /// deleted.
+    pub async fn compact_stream(
+        &self,
+        stream_id: i32,
+        settings: Compaction,
+        history: &dyn StreamHistory,
+    ) -> sqlx::Result<u64> {
+        compact_stream(&self.pool, stream_id, settings, history).await
+    }
+
+    /// Deletes rows stored before `cutoff` (see [`apply_retention`]); returns the events
+    /// deleted.
+    pub async fn apply_retention(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        chunk: i64,
+    ) -> sqlx::Result<u64> {
+        apply_retention(&self.pool, cutoff, chunk).await
+    }
+}
+
+async fn compact_stream(
     pool: &PgPool,
     stream_id: i32,
     settings: Compaction,
@@ -215,7 +238,7 @@ pub async fn compact_stream(
 /// Deletes rows stored before `cutoff` from `events`, `dead_letters` and `suspect_attempts`,
 /// `chunk` rows per statement so no long lock is held. Counters are not touched: they are
 /// totals of what was received. Returns the events deleted.
-pub async fn apply_retention(
+async fn apply_retention(
     pool: &PgPool,
     cutoff: chrono::DateTime<chrono::Utc>,
     chunk: i64,

@@ -61,10 +61,6 @@ impl Store {
         Ok(Self { pool })
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// A cheap round trip, bounded in time: is the database answering?
     pub async fn ping(&self, timeout: Duration) -> bool {
         matches!(
