@@ -7,12 +7,12 @@
 //! incarnation's messages.
 
 use crate::broker;
-use crate::guard::replay::{FetchError, MessageSource};
-use crate::guard::wal::WalEntry;
 use crate::intake;
-use crate::store::batch::{DeadLetter, Record};
+use crate::message::{DeadLetter, Record};
+use crate::replay::{FetchError, MessageSource};
 use crate::store::compact::StreamHistory;
 use crate::store::Store;
+use crate::wal::WalEntry;
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, ErrorCode};

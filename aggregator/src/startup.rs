@@ -8,17 +8,17 @@
 
 use crate::config::Config;
 use crate::guard::breaker::CircuitBreaker;
-use crate::guard::replay::{Monitor, ReplaySettings};
 use crate::guard::retry::Backoff;
-use crate::guard::wal::{Recovery, Wal};
 use crate::guard::WriteGuard;
 use crate::intake::{self, Delivery};
+use crate::replay::{Monitor, ReplaySettings};
 use crate::shutdown::CancellationToken;
 use crate::source::JetStreamSource;
 use crate::state::{AppState, SharedState};
 use crate::store::batch::COUNTER_SHARDS;
 use crate::store::Store;
 use crate::telemetry::names;
+use crate::wal::{Recovery, Wal};
 use crate::worker::{Failpoint, Worker};
 use crate::{api, broker, housekeeping};
 use anyhow::Context;

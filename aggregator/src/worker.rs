@@ -12,9 +12,10 @@
 
 use crate::guard::{Durable, WriteGuard};
 use crate::intake::Delivery;
+use crate::message::{DeadLetter, Record};
 use crate::shutdown::CancellationToken;
 use crate::state::SharedState;
-use crate::store::batch::{BatchOutcome, DeadLetter, Record};
+use crate::store::batch::BatchOutcome;
 use crate::telemetry::names;
 use async_nats::jetstream::AckKind;
 use futures::future::BoxFuture;

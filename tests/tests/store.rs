@@ -2,7 +2,7 @@
 //! compaction must be exact whatever their callers do (duplicates in one batch, two replicas
 //! compacting at once, a record of a stream the database does not know).
 
-use aggregator::store::batch::{DeadLetter, Record};
+use aggregator::message::{DeadLetter, Record};
 use aggregator::store::compact::{self, Compaction, NoHistory};
 use aggregator::store::Store;
 use integration_tests::Postgres;

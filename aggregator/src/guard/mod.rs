@@ -5,8 +5,8 @@
 //!
 //! * [`breaker`]: circuit breaker; while OPEN, batches go straight to the WAL.
 //! * [`retry`]: the attempt schedule (at once, then 1s, 2s, 4s, 8s, ±20% jitter).
-//! * [`wal`]: the write-ahead log on local disk.
-//! * [`replay`]: the health monitor that pings the database and replays the WAL.
+//! * the database is [`crate::store`], the write-ahead log [`crate::wal`]; replaying the WAL
+//!   once the database is back is [`crate::replay`]'s job, above this one.
 //!
 //! Per the seed design (DESIGN.md): a batch first asks the breaker. CLOSED: it gets the whole
 //! attempt schedule, every failure counted by the breaker (which may open meanwhile; the
@@ -21,14 +21,14 @@
 //! outage and never taken as "already processed".
 
 pub mod breaker;
-pub mod replay;
 pub mod retry;
-pub mod wal;
 
+use crate::message::{DeadLetter, Record};
 use crate::shutdown::CancellationToken;
-use crate::store::batch::{BatchOutcome, DeadLetter, Record, WriteError};
+use crate::store::batch::{BatchOutcome, WriteError};
 use crate::store::{is_transient, Store};
 use crate::telemetry::names;
+use crate::wal::{Wal, WalEntry, WalError};
 use breaker::{CircuitBreaker, Permit};
 use retry::Backoff;
 use std::future::Future;
@@ -36,7 +36,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wal::{Wal, WalEntry, WalError};
 
 /// How a batch became durable.
 #[derive(Debug)]

@@ -23,9 +23,8 @@
 //! message silently taken as already processed.
 
 use super::Store;
+use crate::message::{DeadLetter, Record};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use shared::Event;
 use sqlx::PgPool;
 
 /// Counter shards per topic (`topic_counters.shard` runs 0..COUNTER_SHARDS); each writer
@@ -34,65 +33,6 @@ pub const COUNTER_SHARDS: u16 = 64;
 
 /// Advisory lock key shared by batch writers (shared mode) and compaction (exclusive mode).
 pub const COMPACTION_LOCK: i64 = 0x6167_6772_636f_6d70; // "aggrcomp"
-
-/// A valid stream message to store: where it came from and the event it carries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    /// Id of the stream incarnation (`streams.id`).
-    pub stream_id: i32,
-    /// Stream sequence of the message.
-    pub seq: i64,
-    pub event: Event,
-    /// W3C trace context the message was published with, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traceparent: Option<String>,
-}
-
-/// A stream message that could not be stored, with the reason.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    pub stream_id: i32,
-    pub seq: i64,
-    pub subject: String,
-    /// The raw bytes, truncated to [`MAX_DEAD_LETTER_BYTES`].
-    pub raw: Vec<u8>,
-    /// Size of the original message in bytes.
-    pub raw_size: i32,
-    pub reason: String,
-}
-
-/// Raw bytes of a dead letter kept for inspection.
-pub const MAX_DEAD_LETTER_BYTES: usize = 8 * 1024;
-
-/// Characters of a dead letter's reason kept.
-pub const MAX_REASON_CHARS: usize = 1024;
-
-impl DeadLetter {
-    /// A dead letter for the message `raw`, keeping at most [`MAX_DEAD_LETTER_BYTES`] of it
-    /// and its original size. The subject and reason become text Postgres can hold (NUL is
-    /// the one character a `text` column refuses: a subject may carry it), the reason at
-    /// most [`MAX_REASON_CHARS`] long; the raw bytes are kept exactly.
-    pub fn new(stream_id: i32, seq: i64, subject: String, raw: &[u8], reason: String) -> Self {
-        Self {
-            stream_id,
-            seq,
-            subject: storable_text(subject, usize::MAX),
-            raw: raw[..raw.len().min(MAX_DEAD_LETTER_BYTES)].to_vec(),
-            raw_size: i32::try_from(raw.len()).unwrap_or(i32::MAX),
-            reason: storable_text(reason, MAX_REASON_CHARS),
-        }
-    }
-}
-
-/// `s` without NUL (replaced by U+FFFD) and cut to `max_chars` characters.
-fn storable_text(s: String, max_chars: usize) -> String {
-    let cut = s.char_indices().nth(max_chars).map(|(i, _)| i);
-    if !s.contains('\0') && cut.is_none() {
-        return s;
-    }
-    let s = cut.map_or(s.as_str(), |i| &s[..i]);
-    s.replace('\0', "\u{fffd}")
-}
 
 /// Why a batch could not be written.
 #[derive(Debug, thiserror::Error)]

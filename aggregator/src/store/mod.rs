@@ -18,7 +18,7 @@ use sqlx::{ConnectOptions, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use batch::{BatchOutcome, DeadLetter, Record};
+pub use batch::BatchOutcome;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 

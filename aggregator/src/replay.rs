@@ -17,12 +17,12 @@
 //! the stream no longer holds (or a line whose header is damaged too) is reported lost.
 //! Records of a stream incarnation the database does not know keep their segment, loudly.
 
-use super::wal::{CorruptEntry, Damaged, WalEntry};
-use super::{Durable, Settled, WriteFailure, WriteGuard};
 use crate::guard::breaker::{Permit, State};
+use crate::guard::{Durable, Settled, WriteFailure, WriteGuard};
 use crate::shutdown::CancellationToken;
 use crate::store::batch::BatchOutcome;
 use crate::telemetry::names;
+use crate::wal::{CorruptEntry, Damaged, WalEntry};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use std::sync::Arc;
