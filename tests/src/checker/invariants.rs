@@ -48,6 +48,21 @@ pub struct Truth {
     pub keys: HashSet<Key>,
     /// Messages whose classification disagrees with what the checker meant to send.
     pub surprises: Vec<String>,
+    /// Per sequence: (subject, message id, valid), for diagnostics.
+    pub by_seq: HashMap<u64, (String, String, bool)>,
+}
+
+impl Truth {
+    /// `seq 123 (n-45 on events.a.b, valid)`, for reports.
+    pub fn describe(&self, seq: u64) -> String {
+        match self.by_seq.get(&seq) {
+            Some((subject, id, valid)) => format!(
+                "seq {seq} ({id} on {subject}, {})",
+                if *valid { "valid" } else { "invalid" }
+            ),
+            None => format!("seq {seq} (not read)"),
+        }
+    }
 }
 
 impl Truth {
@@ -237,6 +252,9 @@ pub async fn read_stream(nats_urls: &str, max_payload_bytes: usize) -> Result<Tr
             }
             None => truth.invalid += 1,
         }
+        truth
+            .by_seq
+            .insert(seq, (subject.to_owned(), msg_id.clone(), is_valid));
         if is_valid != meant_valid {
             truth.surprises.push(format!(
                 "seq {seq} (msg id {msg_id:?}) was sent as {} but classifies as {}",
@@ -487,10 +505,37 @@ pub async fn check(topo: &mut Topology, truth: &Truth, load: &LoadOutcome) -> Ve
         Err(e) => v.push(format!("[1] SELECT FROM dead_letters: {e}")),
     }
     if let Err(e) = compaction(&pool, truth.last_seq).await {
-        v.push(format!("[5] {e}"));
+        v.push(format!("[5] {e}{}", gaps(&pool, truth).await));
     }
     pool.close().await;
     v
+}
+
+/// The first sequences above the floor missing from `processed_messages` (what stops
+/// compaction), with what the stream holds there.
+async fn gaps(pool: &sqlx::PgPool, truth: &Truth) -> String {
+    let missing: Result<Vec<i64>, _> = sqlx::query_scalar(
+        "SELECT g FROM streams s, generate_series(s.floor_seq + 1, $1) g
+         WHERE NOT EXISTS (SELECT 1 FROM processed_messages p
+                           WHERE p.stream_id = s.id AND p.stream_seq = g)
+         ORDER BY g",
+    )
+    .bind(truth.last_seq as i64)
+    .fetch_all(pool)
+    .await;
+    match missing {
+        Ok(m) if m.is_empty() => String::new(),
+        Ok(m) => format!(
+            "; {} sequences above the floor have no processed record, first: {}",
+            m.len(),
+            m.iter()
+                .take(8)
+                .map(|s| truth.describe(*s as u64))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(e) => format!("; gap query failed: {e}"),
+    }
 }
 
 /// Waits (safety net [`COMPACTION_LIMIT`]) until the processed record is fully compacted.

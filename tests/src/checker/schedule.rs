@@ -15,6 +15,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -358,7 +359,7 @@ impl Schedule {
         }
     }
 
-    /// The fault kinds the schedule plans to inject, with their counts.
+    /// The fault kinds the schedule plans to inject, one entry per fault.
     pub fn planned_faults(&self) -> Vec<&'static str> {
         self.steps.iter().filter_map(|s| s.fault).collect()
     }
@@ -549,7 +550,17 @@ impl fmt::Display for Schedule {
                 l.topics[s.subject_topic]
             )?;
         }
-        writeln!(f, "  faults ({} steps):", self.steps.len())?;
+        let mut planned: BTreeMap<&str, u32> = BTreeMap::new();
+        for kind in self.planned_faults() {
+            *planned.entry(kind).or_default() += 1;
+        }
+        let planned: Vec<String> = planned.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        writeln!(
+            f,
+            "  faults ({} steps; planned: {}):",
+            self.steps.len(),
+            planned.join(" ")
+        )?;
         for s in &self.steps {
             writeln!(f, "    +{:>7.3}s {}", s.at.as_secs_f64(), s.action)?;
         }
