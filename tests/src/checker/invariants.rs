@@ -50,6 +50,8 @@ pub struct Truth {
     pub surprises: Vec<String>,
     /// Per sequence: (subject, message id, valid), for diagnostics.
     pub by_seq: HashMap<u64, (String, String, bool)>,
+    /// Stream sequences of each valid key, for diagnostics.
+    pub seqs_of: HashMap<Key, Vec<u64>>,
 }
 
 impl Truth {
@@ -62,6 +64,16 @@ impl Truth {
             ),
             None => format!("seq {seq} (not read)"),
         }
+    }
+
+    /// Up to `n` keys with the stream sequences carrying them, for reports.
+    pub fn keys_with_seqs<'a>(&self, keys: impl IntoIterator<Item = &'a Key>, n: usize) -> String {
+        let mut out: Vec<String> = Vec::new();
+        for k in keys.into_iter().take(n) {
+            let seqs = self.seqs_of.get(k).cloned().unwrap_or_default();
+            out.push(format!("{}/{} at seq {seqs:?}", k.0, k.1));
+        }
+        out.join(", ")
     }
 }
 
@@ -246,9 +258,9 @@ pub async fn read_stream(nats_urls: &str, max_payload_bytes: usize) -> Result<Tr
                     .received_by_topic
                     .entry(event.topic().to_owned())
                     .or_insert(0) += 1;
-                truth
-                    .keys
-                    .insert((event.topic().to_owned(), event.event_id().to_owned()));
+                let key = (event.topic().to_owned(), event.event_id().to_owned());
+                truth.seqs_of.entry(key.clone()).or_default().push(seq);
+                truth.keys.insert(key);
             }
             None => truth.invalid += 1,
         }
@@ -469,7 +481,7 @@ pub async fn check(topo: &mut Topology, truth: &Truth, load: &LoadOutcome) -> Ve
                 v.push(format!(
                     "[2] {} keys of the stream are not in events, e.g. {}",
                     missing.len(),
-                    sample(missing, 5)
+                    truth.keys_with_seqs(missing.iter().copied(), 5)
                 ));
             }
             let extra: Vec<&Key> = stored.difference(&truth.keys).collect();
@@ -487,7 +499,7 @@ pub async fn check(topo: &mut Topology, truth: &Truth, load: &LoadOutcome) -> Ve
                     "[4] {} acknowledged events are not in events ({in_stream} of them are in \
                      the stream), e.g. {}",
                     lost.len(),
-                    sample(lost, 5)
+                    truth.keys_with_seqs(lost.iter().copied(), 5)
                 ));
             }
         }

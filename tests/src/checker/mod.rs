@@ -276,7 +276,11 @@ async fn run_schedule(schedule: &Schedule) -> Outcome {
     if let Some(truth) = &truth {
         violations.extend(invariants::check(&mut topo, truth, &load).await);
     }
-    progress(seed, t0, "checked");
+    progress(
+        seed,
+        t0,
+        &format!("checked; executed:\n{}", run.timeline_text()),
+    );
 
     let outcome = Outcome {
         seed,
