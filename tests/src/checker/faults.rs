@@ -101,7 +101,42 @@ pub async fn health(agg: &Aggregator) -> Option<(i64, String)> {
     ))
 }
 
+/// A WAL crash waiting for its replica to hold WAL records (Postgres is down).
+struct Armed {
+    replica: usize,
+    damage: WalDamage,
+    pick: u64,
+    /// The step's planned offset and when it was armed.
+    action: String,
+    since: tokio::time::Instant,
+    records: i64,
+}
+
+/// How long an armed WAL crash waits for records before it gives up (and only kills).
+const ARMED_LIMIT: Duration = Duration::from_secs(20);
+
+/// True when `action` touches Postgres or replica `r` (so it must wait for an armed crash).
+fn touches(action: &Action, r: usize) -> bool {
+    match action {
+        Action::PgKill | Action::PgStop | Action::PgStart | Action::PgPause | Action::PgResume => {
+            true
+        }
+        Action::AggKill(x)
+        | Action::AggTerm(x)
+        | Action::AggRestart(x)
+        | Action::AggPause(x)
+        | Action::AggResume(x) => *x == r,
+        Action::WalCrash { .. } => true,
+        _ => false,
+    }
+}
+
 /// Executes the steps of a schedule; `start` is when the load started.
+///
+/// Steps run in order. The one exception: a WAL crash is *armed* at its offset and fires as
+/// soon as its replica reports WAL records (at most [`ARMED_LIMIT`] later); meanwhile later
+/// steps that touch neither Postgres nor that replica go ahead (say, the SIGCONT of the NATS
+/// node the replica is stuck on), and the first step that touches one of them waits for it.
 pub async fn run_steps(
     topo: &mut Topology,
     steps: &[Step],
@@ -110,8 +145,35 @@ pub async fn run_steps(
     let mut run = FaultRun::default();
     // Replicas the schedule has taken down (killed, terminated) and not restarted yet.
     let mut down = vec![false; topo.aggs.len()];
+    let mut armed: Option<Armed> = None;
     for step in steps {
-        tokio::time::sleep_until(start + step.at).await;
+        let due = start + step.at;
+        // While waiting for the step, give an armed crash its chance.
+        while let Some(a) = &mut armed {
+            if tokio::time::Instant::now() >= due {
+                break;
+            }
+            if poll_armed(topo, a).await {
+                fire(topo, armed.take(), &mut down, &mut run, start).await;
+            } else {
+                tokio::time::sleep_until(
+                    due.min(tokio::time::Instant::now() + Duration::from_millis(200)),
+                )
+                .await;
+            }
+        }
+        tokio::time::sleep_until(due).await;
+        if armed
+            .as_ref()
+            .is_some_and(|a| touches(&step.action, a.replica))
+        {
+            if let Some(a) = &mut armed {
+                while !poll_armed(topo, a).await {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            fire(topo, armed.take(), &mut down, &mut run, start).await;
+        }
         check_replicas(topo, &down, &mut run, start.elapsed());
         let at = start.elapsed();
         let mut fault = step.fault.map(str::to_owned);
@@ -190,28 +252,17 @@ pub async fn run_steps(
                 damage,
                 pick,
             } => {
-                let agg = &mut topo.aggs[*replica];
-                // Postgres is down: wait (at most 20 s) until the replica has logged records.
-                let mut records = 0;
-                let waited = tokio::time::Instant::now();
-                while waited.elapsed() < Duration::from_secs(20) {
-                    if let Some((n, _)) = health(agg).await {
-                        records = n;
-                        if n > 0 {
-                            break;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                agg.kill();
-                down[*replica] = true;
-                match damage_wal(agg.wal_path(), *damage, *pick) {
-                    Ok(what) => format!("{records} WAL records at the kill; {what}"),
-                    Err(why) => {
-                        fault = Some("wal_skipped".into());
-                        format!("{records} WAL records at the kill; nothing damaged: {why}")
-                    }
-                }
+                // Counted when it fires.
+                fault = None;
+                armed = Some(Armed {
+                    replica: *replica,
+                    damage: *damage,
+                    pick: *pick,
+                    action: step.action.to_string(),
+                    since: tokio::time::Instant::now(),
+                    records: 0,
+                });
+                "armed: fires once the replica holds WAL records".into()
             }
         };
         if let Some(kind) = fault {
@@ -219,8 +270,56 @@ pub async fn run_steps(
         }
         run.log(at, step.action.to_string(), note);
     }
+    if let Some(a) = &mut armed {
+        while !poll_armed(topo, a).await {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        fire(topo, armed.take(), &mut down, &mut run, start).await;
+    }
     check_replicas(topo, &down, &mut run, start.elapsed());
     run
+}
+
+/// True when the armed crash should fire now: its replica holds WAL records, or it has
+/// waited [`ARMED_LIMIT`].
+async fn poll_armed(topo: &Topology, a: &mut Armed) -> bool {
+    if let Some((n, _)) = health(&topo.aggs[a.replica]).await {
+        a.records = n;
+        if n > 0 {
+            return true;
+        }
+    }
+    a.since.elapsed() >= ARMED_LIMIT
+}
+
+/// SIGKILLs the armed crash's replica and damages its WAL.
+async fn fire(
+    topo: &mut Topology,
+    armed: Option<Armed>,
+    down: &mut [bool],
+    run: &mut FaultRun,
+    start: tokio::time::Instant,
+) {
+    let Some(a) = armed else { return };
+    check_replicas(topo, down, run, start.elapsed());
+    let agg = &mut topo.aggs[a.replica];
+    agg.kill();
+    down[a.replica] = true;
+    let (kind, note) = match damage_wal(agg.wal_path(), a.damage, a.pick) {
+        Ok(what) => (
+            a.damage.label(),
+            format!("{} WAL records at the kill; {what}", a.records),
+        ),
+        Err(why) => (
+            "wal_skipped",
+            format!(
+                "{} WAL records at the kill; nothing damaged: {why}",
+                a.records
+            ),
+        ),
+    };
+    *run.injected.entry(kind.to_owned()).or_default() += 1;
+    run.log(start.elapsed(), format!("fired: {}", a.action), note);
 }
 
 fn note_of(r: Result<(), String>) -> String {
