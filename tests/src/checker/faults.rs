@@ -113,7 +113,7 @@ struct Armed {
 }
 
 /// How long an armed WAL crash waits for records before it gives up (and only kills).
-const ARMED_LIMIT: Duration = Duration::from_secs(20);
+const ARMED_LIMIT: Duration = Duration::from_secs(10);
 
 /// True when `action` touches Postgres or replica `r` (so it must wait for an armed crash).
 fn touches(action: &Action, r: usize) -> bool {
@@ -134,9 +134,10 @@ fn touches(action: &Action, r: usize) -> bool {
 /// Executes the steps of a schedule; `start` is when the load started.
 ///
 /// Steps run in order. The one exception: a WAL crash is *armed* at its offset and fires as
-/// soon as its replica reports WAL records (at most [`ARMED_LIMIT`] later); meanwhile later
-/// steps that touch neither Postgres nor that replica go ahead (say, the SIGCONT of the NATS
-/// node the replica is stuck on), and the first step that touches one of them waits for it.
+/// soon as its replica reports WAL records (at most [`ARMED_LIMIT`] later, at once if the
+/// replica is not ready); meanwhile later steps that touch neither Postgres nor that replica
+/// go ahead (say, the SIGCONT of the NATS node the replica is stuck on), and the first step
+/// that touches one of them waits for it.
 pub async fn run_steps(
     topo: &mut Topology,
     steps: &[Step],
@@ -280,16 +281,25 @@ pub async fn run_steps(
     run
 }
 
-/// True when the armed crash should fire now: its replica holds WAL records, or it has
-/// waited [`ARMED_LIMIT`].
+/// True when the armed crash should fire now: its replica holds WAL records, it is not
+/// ready (a replica started while Postgres is down cannot get ready, let alone log
+/// records), or it has waited [`ARMED_LIMIT`].
 async fn poll_armed(topo: &Topology, a: &mut Armed) -> bool {
-    if let Some((n, _)) = health(&topo.aggs[a.replica]).await {
+    let agg = &topo.aggs[a.replica];
+    if let Some((n, _)) = health(agg).await {
         a.records = n;
         if n > 0 {
             return true;
         }
     }
-    a.since.elapsed() >= ARMED_LIMIT
+    let ready = agg
+        .http()
+        .get(format!("{}/ready", agg.base_url()))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().as_u16() == 200);
+    !ready || a.since.elapsed() >= ARMED_LIMIT
 }
 
 /// SIGKILLs the armed crash's replica and damages its WAL.
