@@ -236,15 +236,16 @@ pub async fn run_steps(
                 None => "not running".into(),
             },
             Action::ConsumerReset => {
+                let before = processed_record(&topo.env.database_url()).await;
                 match topo
                     .cluster
                     .js_request("$JS.API.CONSUMER.DELETE.EVENTS.aggregator", &Value::Null)
                     .await
                 {
-                    Ok(v) => format!("deleted: {v}"),
+                    Ok(_) => format!("deleted; before it {before}"),
                     Err(e) => {
-                        fault = Some("consumer_reset_failed".into());
-                        format!("not deleted: {e}")
+                        fault = Some("consumer_reset_unanswered".into());
+                        format!("no success answer (the consumer may or may not be gone): {e}")
                     }
                 }
             }
@@ -330,6 +331,31 @@ async fn fire(
     };
     *run.injected.entry(kind.to_owned()).or_default() += 1;
     run.log(start.elapsed(), format!("fired: {}", a.action), note);
+}
+
+/// The processed record right now, for notes: the floor, the highest recorded sequence and
+/// the holes between them (sequences without a record: in flight, or lost to a bug).
+async fn processed_record(database_url: &str) -> String {
+    let query = async {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(database_url).await?;
+        sqlx::query_as::<_, (i64, Option<i64>, i64)>(
+            "SELECT s.floor_seq, max(p.stream_seq),
+                    coalesce(max(p.stream_seq) - s.floor_seq - count(p.stream_seq), 0)
+             FROM streams s LEFT JOIN processed_messages p
+                  ON p.stream_id = s.id AND p.stream_seq > s.floor_seq
+             GROUP BY s.id, s.floor_seq ORDER BY s.id LIMIT 1",
+        )
+        .fetch_one(&mut conn)
+        .await
+    };
+    match tokio::time::timeout(Duration::from_secs(3), query).await {
+        Ok(Ok((floor, max, holes))) => format!(
+            "processed record: floor_seq={floor}, highest={}, {holes} holes between",
+            max.map_or("none".to_owned(), |m| m.to_string())
+        ),
+        Ok(Err(e)) => format!("processed record unknown ({e})"),
+        Err(_) => "processed record unknown (Postgres did not answer)".to_owned(),
+    }
 }
 
 fn note_of(r: Result<(), String>) -> String {
@@ -590,8 +616,9 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("checker-wal-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("wal-00000000000000000001.jsonl"), content).unwrap();
+        std::fs::create_dir_all(&dir).expect("create the test WAL dir");
+        std::fs::write(dir.join("wal-00000000000000000001.jsonl"), content)
+            .expect("write the test segment");
         dir
     }
 
@@ -609,8 +636,10 @@ mod tests {
                 WalDamage::TornAppend,
             ] {
                 let dir = wal_dir("dmg", &content);
-                let note = damage_wal(&dir, damage, pick).unwrap();
-                let after = std::fs::read(dir.join("wal-00000000000000000001.jsonl")).unwrap();
+                let note = damage_wal(&dir, damage, pick)
+                    .unwrap_or_else(|e| panic!("{damage:?} {pick}: {e}"));
+                let after = std::fs::read(dir.join("wal-00000000000000000001.jsonl"))
+                    .expect("read the damaged segment");
                 assert_ne!(after, content.as_bytes(), "{damage:?} {pick}: {note}");
                 match damage {
                     WalDamage::FlipByte => {
@@ -624,13 +653,16 @@ mod tests {
                         } else {
                             0
                         };
-                        let rec = line_start + content[line_start..].find("\"rec\":").unwrap() + 6;
+                        let rec = line_start
+                            + content[line_start..].find("\"rec\":").expect("rec in line")
+                            + 6;
                         assert!(diff[0] >= rec, "{note}");
                         assert!(!matches!(after[diff[0]], b'\n' | b'\r'));
                     }
                     WalDamage::CutLastLine => {
                         let second = &content[content.len() / 2..];
-                        let keep = content.len() / 2 + second.find("\"kind\"").unwrap() - 1;
+                        let keep =
+                            content.len() / 2 + second.find("\"kind\"").expect("kind in line") - 1;
                         assert!(
                             after.len() >= keep && after.len() < content.len() - 1,
                             "{note}"
@@ -641,7 +673,7 @@ mod tests {
                         assert!(!after.ends_with(b"\n"));
                     }
                 }
-                std::fs::remove_dir_all(&dir).unwrap();
+                std::fs::remove_dir_all(&dir).expect("remove the test WAL dir");
             }
         }
     }
@@ -650,6 +682,6 @@ mod tests {
     fn nothing_to_damage_in_an_empty_wal() {
         let dir = wal_dir("empty", "");
         assert!(damage_wal(&dir, WalDamage::FlipByte, 3).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).expect("remove the test WAL dir");
     }
 }

@@ -155,7 +155,15 @@ impl std::fmt::Display for Totals {
                 seeds.join(",")
             )?;
             for (seed, v) in &self.failures {
-                writeln!(f, "  seed={seed}: {}", v.join(" | "))?;
+                // The headline of each violation; the failure report has the full text.
+                let short: Vec<String> = v
+                    .iter()
+                    .map(|x| match x.char_indices().nth(140) {
+                        Some((i, _)) => format!("{}...", &x[..i]),
+                        None => x.clone(),
+                    })
+                    .collect();
+                writeln!(f, "  seed={seed}: {}", short.join(" | "))?;
             }
             Ok(())
         }

@@ -589,9 +589,13 @@ mod tests {
             let s = Schedule::draw(seed);
             let get = |k: &str| s.vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
             if let Some(size) = get("WAL_MAX_SIZE") {
-                let size: u64 = size.parse().unwrap();
-                let batch: u64 = get("BATCH_SIZE").unwrap().parse().unwrap();
-                let payload: u64 = get("MAX_PAYLOAD_BYTES").unwrap().parse().unwrap();
+                let num = |v: Option<String>, what: &str| -> u64 {
+                    v.and_then(|v| v.parse().ok())
+                        .unwrap_or_else(|| panic!("seed {seed}: {what} missing or not a number"))
+                };
+                let size = num(Some(size), "WAL_MAX_SIZE");
+                let batch = num(get("BATCH_SIZE"), "BATCH_SIZE");
+                let payload = num(get("MAX_PAYLOAD_BYTES"), "MAX_PAYLOAD_BYTES");
                 assert!(
                     size >= batch * (payload + WAL_RECORD_OVERHEAD),
                     "seed {seed}"
@@ -599,7 +603,10 @@ mod tests {
             }
             for (k, v) in &s.vars {
                 if let Some(n) = v.strip_suffix("ms") {
-                    assert!(n.parse::<u64>().unwrap() > 0, "seed {seed}: {k}={v}");
+                    assert!(
+                        n.parse::<u64>().is_ok_and(|n| n > 0),
+                        "seed {seed}: {k}={v}"
+                    );
                 }
             }
         }
