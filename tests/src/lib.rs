@@ -19,6 +19,7 @@
 
 pub mod aggregator;
 pub mod binaries;
+pub mod checker;
 pub mod cluster;
 pub mod env;
 pub mod nats;
