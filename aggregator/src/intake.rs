@@ -98,22 +98,7 @@ pub struct Delivery {
 
 /// The message's `traceparent` header, when present and well formed.
 pub fn traceparent_of(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
-    valid_traceparent(headers?.get("traceparent")?.as_str())
-}
-
-/// A well-formed W3C `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`), lowercased.
-pub fn valid_traceparent(v: &str) -> Option<String> {
-    let parts: Vec<&str> = v.trim().split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let ok = parts.len() == 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && parts[1].bytes().any(|b| b != b'0')
-        && hex(parts[2], 16)
-        && parts[2].bytes().any(|b| b != b'0')
-        && hex(parts[3], 2);
-    ok.then(|| v.trim().to_ascii_lowercase())
+    shared::trace::parse(headers?.get(shared::trace::HEADER)?.as_str())
 }
 
 /// Which of `n` workers handles a message: by event key when it decodes, else by sequence.
@@ -125,23 +110,6 @@ pub fn route(decoded: &Result<Event, String>, seq: i64, n: usize) -> usize {
         Err(_) => seq.hash(&mut h),
     }
     (h.finish() % n.max(1) as u64) as usize
-}
-
-/// Decodes a message body and checks it against its subject.
-pub fn decode(
-    payload: &[u8],
-    subject: &str,
-    prefix: &str,
-    limits: &Limits,
-) -> Result<Event, String> {
-    let event = Event::from_json(payload, limits).map_err(|e| e.to_string())?;
-    if Some(event.topic()) != shared::subject::topic_of(prefix, subject) {
-        return Err(format!(
-            "topic {:?} in the body does not match subject {subject:?}",
-            event.topic()
-        ));
-    }
-    Ok(event)
 }
 
 /// Runs until `shutdown` is cancelled, then drops the sender so the workers drain and stop.
@@ -210,7 +178,7 @@ pub async fn run(
                             continue;
                         }
                     };
-                    let decoded = decode(
+                    let decoded = shared::subject::decode_message(
                         &msg.payload,
                         msg.subject.as_str(),
                         &cfg.subject_prefix,

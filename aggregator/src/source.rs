@@ -7,7 +7,6 @@
 //! incarnation's messages.
 
 use crate::broker;
-use crate::intake;
 use crate::message::{DeadLetter, Record};
 use crate::replay::{FetchError, MessageSource};
 use crate::store::compact::StreamHistory;
@@ -128,9 +127,17 @@ impl JetStreamSource {
             Err(e) => return Err(FetchError::Unavailable(e.to_string())),
         };
         let subject = msg.subject.to_string();
-        let traceparent = intake::traceparent_of(Some(&msg.headers));
+        let traceparent = msg
+            .headers
+            .get(shared::trace::HEADER)
+            .and_then(|v| shared::trace::parse(v.as_str()));
         Ok(
-            match intake::decode(&msg.payload, &subject, &self.subject_prefix, &self.limits) {
+            match shared::subject::decode_message(
+                &msg.payload,
+                &subject,
+                &self.subject_prefix,
+                &self.limits,
+            ) {
                 Ok(event) => WalEntry::Event(Record {
                     stream_id,
                     seq,

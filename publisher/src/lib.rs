@@ -23,7 +23,6 @@ pub mod simulator;
 
 mod pacer;
 mod sender;
-mod trace;
 
 use anyhow::Context as _;
 use futures::stream::{FuturesUnordered, StreamExt};

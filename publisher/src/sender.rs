@@ -239,7 +239,7 @@ impl NatsSink {
             return Outcome::failed(std::slice::from_ref(&s), Some(reason));
         };
         let msg_id = format!("{}-{}", self.run_id, s.index);
-        let traceparent = crate::trace::new_traceparent();
+        let traceparent = shared::trace::new_traceparent();
         let mut backoff = Backoff::new();
         let mut attempt = 0;
         loop {
@@ -305,7 +305,7 @@ impl NatsSink {
     > {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
-        headers.insert(crate::trace::HEADER, traceparent);
+        headers.insert(shared::trace::HEADER, traceparent);
         self.js
             .publish_with_headers(subject.clone(), headers, payload)
             .await?
@@ -364,7 +364,7 @@ impl HttpSink {
             return Outcome::default();
         };
         let key = format!("{}-{}", self.run_id, first.index);
-        let traceparent = crate::trace::new_traceparent();
+        let traceparent = shared::trace::new_traceparent();
         let body = json_array(&sends);
         let mut backoff = Backoff::new();
         let mut attempt = 0;
@@ -413,7 +413,7 @@ impl HttpSink {
             .post(&self.endpoint)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("Idempotency-Key", key)
-            .header(crate::trace::HEADER, traceparent)
+            .header(shared::trace::HEADER, traceparent)
             .body(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);

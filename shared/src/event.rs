@@ -323,6 +323,11 @@ pub fn validate_topic(topic: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// The `source` rule: 1..=255 characters, no control characters.
+pub fn validate_source(source: &str) -> Result<(), ValidationError> {
+    validate_text("source", source)
+}
+
 fn validate_text(field: &'static str, value: &str) -> Result<(), ValidationError> {
     if value.is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));

@@ -5,9 +5,11 @@
 //!   cannot exist past the edge of either program.
 //! * [`subject`]: how a topic maps to a NATS subject (`<prefix>.<topic>`).
 //! * [`id`]: event id generation (UUIDv7, time ordered).
+//! * [`trace`]: the W3C `traceparent` carried from publisher to stored event.
 
 pub mod event;
 pub mod id;
 pub mod subject;
+pub mod trace;
 
 pub use event::{Event, Limits, ValidationError};

@@ -30,6 +30,25 @@ pub fn stream_subjects(prefix: &str) -> String {
     format!("{prefix}.>")
 }
 
+/// Decodes a stream message body and checks it against the subject it arrived on: NATS
+/// permissions are per subject, so a publisher allowed on some subjects must not write other
+/// topics. The error says why, for the dead letter.
+pub fn decode_message(
+    payload: &[u8],
+    subject: &str,
+    prefix: &str,
+    limits: &crate::Limits,
+) -> Result<crate::Event, String> {
+    let event = crate::Event::from_json(payload, limits).map_err(|e| e.to_string())?;
+    if Some(event.topic()) != topic_of(prefix, subject) {
+        return Err(format!(
+            "topic {:?} in the body does not match subject {subject:?}",
+            event.topic()
+        ));
+    }
+    Ok(event)
+}
+
 /// The topic carried by `subject`, or `None` when the subject is not under `prefix`.
 pub fn topic_of<'a>(prefix: &str, subject: &'a str) -> Option<&'a str> {
     subject

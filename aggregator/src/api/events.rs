@@ -82,15 +82,8 @@ fn parse_query(query: &str) -> Result<EventFilter, ApiError> {
                 f.topic = Some(value);
             }
             "source" => {
-                if value.is_empty()
-                    || value.chars().count() > shared::event::MAX_FIELD_CHARS
-                    || value.chars().any(char::is_control)
-                {
-                    return Err(ApiError::bad_field(
-                        "source",
-                        "must be 1..=255 characters without control characters",
-                    ));
-                }
+                shared::event::validate_source(&value)
+                    .map_err(|e| ApiError::bad_field("source", e.reason))?;
                 f.source = Some(value);
             }
             "since" => f.since = Some(parse_time("since", &value)?),

@@ -85,7 +85,7 @@ pub async fn publish(
     let trace_id = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(crate::intake::valid_traceparent)
+        .and_then(shared::trace::parse)
         .map(|t| t[3..35].to_owned())
         .unwrap_or_else(|| random_hex(16));
 
