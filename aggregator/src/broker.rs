@@ -16,7 +16,7 @@
 //! gets a new one. The stream's `created` time is none of these: nodes, restores and
 //! idempotent re-creates have been seen to report different ones for the same stream.
 
-use crate::config::Config;
+use crate::settings::BrokerSettings;
 use anyhow::Context;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
@@ -25,7 +25,7 @@ use std::time::Duration;
 /// Metadata key (and description tag) holding a stream's incarnation token.
 pub const IDENTITY_KEY: &str = "aggregator.incarnation";
 
-pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
+pub async fn connect(config: &BrokerSettings) -> anyhow::Result<async_nats::Client> {
     // A cluster is a comma-separated list; the client fails over between its servers.
     let servers = shared::subject::nats_servers(&config.nats_url)
         .into_iter()
@@ -41,7 +41,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
         .with_context(|| format!("connecting to NATS at {}", config.nats_url))
 }
 
-pub fn stream_config(config: &Config) -> stream::Config {
+pub fn stream_config(config: &BrokerSettings) -> stream::Config {
     stream::Config {
         name: config.stream_name.clone(),
         subjects: vec![shared::subject::stream_subjects(&config.subject_prefix)],
@@ -52,13 +52,13 @@ pub fn stream_config(config: &Config) -> stream::Config {
     }
 }
 
-pub fn consumer_config(config: &Config) -> consumer::pull::Config {
+pub fn consumer_config(config: &BrokerSettings) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(config.consumer_name.clone()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: config.ack_wait,
         deliver_policy: consumer::DeliverPolicy::All,
-        max_ack_pending: config.max_ack_pending(),
+        max_ack_pending: config.max_ack_pending,
         max_deliver: -1,
         ..Default::default()
     }
@@ -109,7 +109,7 @@ fn new_token() -> String {
 /// info) and its identity, `None` when it exists without one (see [`stamp_identity`]).
 pub async fn ensure_stream(
     client: &async_nats::Client,
-    config: &Config,
+    config: &BrokerSettings,
 ) -> anyhow::Result<(stream::Stream, Option<String>)> {
     let js = jetstream::new(client.clone());
     let mut last_err = None;
@@ -141,7 +141,7 @@ pub async fn ensure_stream(
 /// at once would each believe its own token. Returns the identity the stream carries now.
 pub async fn stamp_identity(
     client: &async_nats::Client,
-    config: &Config,
+    config: &BrokerSettings,
 ) -> anyhow::Result<String> {
     let js = jetstream::new(client.clone());
     let mut stream = js
@@ -168,7 +168,7 @@ pub async fn stamp_identity(
 /// Gets or creates the durable consumer, retrying briefly on creation races.
 pub async fn ensure_consumer(
     stream: &stream::Stream,
-    config: &Config,
+    config: &BrokerSettings,
 ) -> anyhow::Result<consumer::PullConsumer> {
     let mut last_err = None;
     for attempt in 0..5u32 {
@@ -230,7 +230,7 @@ pub async fn gone_prefix(
 }
 
 /// Messages the consumer has not delivered yet, or `None` when NATS does not answer.
-pub async fn consumer_pending(js: &jetstream::Context, config: &Config) -> Option<u64> {
+pub async fn consumer_pending(js: &jetstream::Context, config: &BrokerSettings) -> Option<u64> {
     let fut = async {
         let mut c: consumer::PullConsumer = js
             .get_consumer_from_stream(&config.consumer_name, &config.stream_name)

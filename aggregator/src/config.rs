@@ -182,11 +182,6 @@ pub struct Config {
 }
 
 impl Config {
-    /// Connections the pool may open: one per worker plus room for the API and monitors.
-    pub fn pool_size(&self) -> u32 {
-        u32::from(self.workers) + 6
-    }
-
     /// Checks what no single value can: a bad combination names the variable to change.
     pub fn validate(&self) -> Result<(), String> {
         let batch_bytes = u64::from(self.batch_size)
@@ -200,12 +195,6 @@ impl Config {
             ));
         }
         Ok(())
-    }
-
-    /// Messages the consumer may have delivered but unacknowledged: the buffer plus every
-    /// worker's batch in flight, with room to spare so intake never starves the workers.
-    pub fn max_ack_pending(&self) -> i64 {
-        i64::from(self.max_buffer_size) + 2 * i64::from(self.workers) * i64::from(self.batch_size)
     }
 }
 

@@ -1,19 +1,22 @@
 //! Housekeeping every `COMPACT_INTERVAL`: compaction of the processed-message record (see
 //! [`crate::store::compact`]) and, with `RETENTION` set, deletion of old rows.
 
+use crate::settings::HousekeepingSettings;
 use crate::shutdown::CancellationToken;
 use crate::store::compact::{Compaction, StreamHistory};
 use crate::store::Store;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub async fn run(
     store: Store,
     history: Arc<dyn StreamHistory + Send>,
-    every: Duration,
-    retention: Option<Duration>,
+    settings: HousekeepingSettings,
     shutdown: CancellationToken,
 ) {
+    let HousekeepingSettings {
+        interval: every,
+        retention,
+    } = settings;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -11,75 +11,18 @@
 //! consumer disappears (stream deleted and re-created) intake sets everything up again and
 //! registers the new incarnation.
 
-use crate::broker;
-use crate::shutdown::CancellationToken;
-use crate::state::SharedState;
+use crate::settings::{BrokerSettings, IntakeSettings};
+use crate::shutdown::{self, CancellationToken};
 use crate::store::Store;
-use async_nats::jetstream::{self, consumer::pull::MessagesErrorKind};
+use crate::subscription::{self, Subscription};
+use async_nats::jetstream::consumer::pull::{MessagesErrorKind, Stream as Messages};
+use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
-use shared::{Event, Limits};
-use std::sync::atomic::Ordering;
+use shared::Event;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// The durable consumer, and the id under which the database knows its stream's incarnation.
-pub struct Subscription {
-    pub consumer: async_nats::jetstream::consumer::PullConsumer,
-    pub stream_id: i32,
-}
-
-/// Sets up the stream (with its identity, see [`broker`]), registers its incarnation in the
-/// database and gets the consumer. Giving a stream its identity and registering it happen
-/// under a lock shared by every replica, so replicas starting together agree on one
-/// incarnation.
-///
-/// Refuses a stream whose sequences end below what was already processed under its identity:
-/// it was re-created with a copied identity (or lost messages), and its new messages would be
-/// taken as already counted.
-pub async fn subscribe(
-    client: &async_nats::Client,
-    store: &Store,
-    cfg: &crate::config::Config,
-) -> anyhow::Result<Subscription> {
-    let (mut stream, identity) = broker::ensure_stream(client, cfg).await?;
-    let created_ns = stream
-        .cached_info()
-        .created
-        .unix_timestamp_nanos()
-        .to_string();
-    let record = store
-        .with_setup_lock(|| async {
-            let (identity, adopt) = match identity {
-                Some(identity) => (identity, None),
-                None => (
-                    broker::stamp_identity(client, cfg).await?,
-                    Some(created_ns.as_str()),
-                ),
-            };
-            let record = store
-                .register_stream(&cfg.stream_name, &identity, adopt)
-                .await?;
-            Ok((identity, record))
-        })
-        .await;
-    let (identity, record) = record?;
-    let last_seq = i64::try_from(stream.info().await?.state.last_sequence).unwrap_or(i64::MAX);
-    anyhow::ensure!(
-        last_seq >= record.highest_seq,
-        "stream {} ends at sequence {last_seq}, but sequences up to {} were already processed \
-         under its identity {identity}: it was re-created with a copied identity (or lost \
-         messages), and its new messages would be taken as counted. Remove the metadata key \
-         (or description tag) {} from the stream to give it a new identity.",
-        cfg.stream_name,
-        record.highest_seq,
-        broker::IDENTITY_KEY,
-    );
-    let consumer = broker::ensure_consumer(&stream, cfg).await?;
-    Ok(Subscription {
-        consumer,
-        stream_id: record.id,
-    })
-}
 
 /// A message taken from the stream, waiting to be written.
 pub struct Delivery {
@@ -96,9 +39,23 @@ pub struct Delivery {
     pub traceparent: Option<String>,
 }
 
-/// The message's `traceparent` header, when present and well formed.
-pub fn traceparent_of(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
-    shared::trace::parse(headers?.get(shared::trace::HEADER)?.as_str())
+/// Messages handed to the workers' buffers and not yet taken by a worker (shared with the
+/// workers, who take them out, and the API, which reports it).
+#[derive(Debug, Clone, Default)]
+pub struct BufferCount(Arc<AtomicI64>);
+
+impl BufferCount {
+    pub fn add(&self, n: usize) {
+        self.0.fetch_add(n as i64, Ordering::Relaxed);
+    }
+
+    pub fn sub(&self, n: usize) {
+        self.0.fetch_sub(n as i64, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed).max(0)
+    }
 }
 
 /// Which of `n` workers handles a message: by event key when it decodes, else by sequence.
@@ -112,122 +69,156 @@ pub fn route(decoded: &Result<Event, String>, seq: i64, n: usize) -> usize {
     (h.finish() % n.max(1) as u64) as usize
 }
 
-/// Runs until `shutdown` is cancelled, then drops the sender so the workers drain and stop.
-pub async fn run(
-    state: SharedState,
-    client: async_nats::Client,
-    store: Store,
-    txs: Vec<mpsc::Sender<Delivery>>,
-    shutdown: CancellationToken,
-    mut subscription: Option<Subscription>,
-) {
-    let cfg = &state.config;
-    let limits = Limits {
-        max_payload_bytes: cfg.max_payload_bytes as usize,
-    };
-    while !shutdown.is_cancelled() {
-        let sub = match subscription.take() {
-            Some(s) => s,
-            None => match subscribe(&client, &store, cfg).await {
-                Ok(s) => s,
+/// How a pull ended.
+enum PullEnded {
+    /// The pull request is gone (error, end of stream): start a new one.
+    Lost,
+    /// Shutting down; prefetched messages were handed back.
+    Shutdown,
+}
+
+pub struct Intake {
+    pub settings: IntakeSettings,
+    pub broker: BrokerSettings,
+    pub client: async_nats::Client,
+    pub store: Store,
+    pub buffers: Vec<mpsc::Sender<Delivery>>,
+    pub buffered: BufferCount,
+    pub shutdown: CancellationToken,
+}
+
+impl Intake {
+    /// Runs until `shutdown` is cancelled, then drops the buffers so the workers drain and
+    /// stop. `subscription`: the one start-up already set up.
+    pub async fn run(self, mut subscription: Option<Subscription>) {
+        while !self.shutdown.is_cancelled() {
+            let sub = match subscription.take() {
+                Some(s) => s,
+                None => {
+                    let set_up = shutdown::retry_until("JetStream set-up", &self.shutdown, || {
+                        subscription::subscribe(&self.client, &self.store, &self.broker)
+                    });
+                    match set_up.await {
+                        Some(s) => s,
+                        None => return,
+                    }
+                }
+            };
+            let messages = sub
+                .consumer
+                .stream()
+                .max_messages_per_batch(self.settings.pull_batch)
+                // Short heartbeats: a pull lost with its server is noticed within seconds.
+                .heartbeat(Duration::from_secs(2))
+                .expires(Duration::from_secs(10))
+                .messages()
+                .await;
+            let messages = match messages {
+                Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "JetStream set-up failed; retrying");
-                    pause(&shutdown, Duration::from_secs(1)).await;
+                    tracing::warn!(error = %e, "cannot start pulling; setting up again");
+                    shutdown::pause(&self.shutdown, Duration::from_secs(1)).await;
                     continue;
                 }
-            },
-        };
-        let stream_id = sub.stream_id;
-        let batch = (cfg.batch_size as usize).clamp(100, 2000);
-        let mut messages = match sub
-            .consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            // Short heartbeats: a pull lost with its server is noticed within seconds.
-            .heartbeat(Duration::from_secs(2))
-            .expires(Duration::from_secs(10))
-            .messages()
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start pulling; retrying");
-                pause(&shutdown, Duration::from_secs(1)).await;
-                continue;
+            };
+            tracing::info!(stream_id = sub.stream_id, stream = %self.broker.stream_name, "pulling messages");
+            match self.forward(messages, sub.stream_id).await {
+                PullEnded::Shutdown => return,
+                PullEnded::Lost => {
+                    shutdown::pause(&self.shutdown, Duration::from_millis(200)).await
+                }
             }
-        };
-        tracing::info!(stream_id, stream = %cfg.stream_name, "pulling messages");
+        }
+    }
+
+    /// Hands every message of one pull to its worker's buffer, until the pull is lost or
+    /// shutdown.
+    async fn forward(&self, mut messages: Messages, stream_id: i32) -> PullEnded {
         loop {
             let next = tokio::select! {
-                _ = shutdown.cancelled() => {
+                _ = self.shutdown.cancelled() => {
                     release_prefetched(messages, None).await;
-                    return;
+                    return PullEnded::Shutdown;
                 }
                 next = messages.next() => next,
             };
-            match next {
-                Some(Ok(msg)) => {
-                    let (seq, published_unix, delivered) = match msg.info() {
-                        Ok(info) => (
-                            info.stream_sequence as i64,
-                            info.published.unix_timestamp_nanos() as f64 / 1e9,
-                            info.delivered,
-                        ),
-                        Err(e) => {
-                            tracing::warn!(error = %e, subject = %msg.subject, "message without JetStream metadata; ignoring");
-                            continue;
-                        }
-                    };
-                    let decoded = shared::subject::decode_message(
-                        &msg.payload,
-                        msg.subject.as_str(),
-                        &cfg.subject_prefix,
-                        &limits,
-                    );
-                    let traceparent = traceparent_of(msg.headers.as_ref());
-                    let tx = &txs[route(&decoded, seq, txs.len())];
-                    // Wait for room in the buffer first, so that on shutdown the message is
-                    // still in hand and can be returned.
-                    let permit = tokio::select! {
-                        _ = shutdown.cancelled() => {
-                            release_prefetched(messages, Some(msg)).await;
-                            return;
-                        }
-                        permit = tx.reserve() => match permit {
-                            Ok(p) => p,
-                            Err(_) => return,
-                        },
-                    };
-                    state.buffered.fetch_add(1, Ordering::Relaxed);
-                    permit.send(Delivery {
-                        msg,
-                        stream_id,
-                        seq,
-                        published_unix,
-                        delivered,
-                        decoded,
-                        traceparent,
-                    });
-                }
+            let msg = match next {
+                Some(Ok(msg)) => msg,
                 Some(Err(e)) => {
                     // A missed heartbeat means the pull request is gone (our server or the
-                    // consumer leader died): the client would only send a new one when the old
-                    // one expires, so start a fresh pull at once.
-                    let fatal = matches!(
+                    // consumer leader died): the client would only send a new one when the
+                    // old one expires, so start a fresh pull at once.
+                    let lost = matches!(
                         e.kind(),
                         MessagesErrorKind::ConsumerDeleted
                             | MessagesErrorKind::NoResponders
                             | MessagesErrorKind::MissingHeartbeat
                     );
-                    tracing::warn!(error = %e, fatal, "pull error");
-                    if fatal {
-                        break;
+                    tracing::warn!(error = %e, fatal = lost, "pull error");
+                    if lost {
+                        return PullEnded::Lost;
                     }
+                    continue;
                 }
-                None => break,
-            }
+                None => return PullEnded::Lost,
+            };
+            let Some(delivery) = self.delivery(msg, stream_id) else {
+                continue;
+            };
+            let tx = &self.buffers[route(&delivery.decoded, delivery.seq, self.buffers.len())];
+            // Wait for room in the buffer first, so that on shutdown the message is still in
+            // hand and can be returned.
+            let permit = tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    release_prefetched(messages, Some(delivery.msg)).await;
+                    return PullEnded::Shutdown;
+                }
+                permit = tx.reserve() => match permit {
+                    Ok(p) => p,
+                    // The workers are gone: only on shutdown.
+                    Err(_) => return PullEnded::Shutdown,
+                },
+            };
+            self.buffered.add(1);
+            permit.send(delivery);
         }
-        pause(&shutdown, Duration::from_millis(200)).await;
+    }
+
+    /// Decodes a message into what a worker needs; `None` for one without JetStream metadata
+    /// (not from a stream, nothing to acknowledge).
+    fn delivery(&self, msg: jetstream::Message, stream_id: i32) -> Option<Delivery> {
+        let info = match msg.info() {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(error = %e, subject = %msg.subject, "message without JetStream metadata; ignoring");
+                return None;
+            }
+        };
+        let (seq, published_unix, delivered) = (
+            info.stream_sequence as i64,
+            info.published.unix_timestamp_nanos() as f64 / 1e9,
+            info.delivered,
+        );
+        let decoded = shared::subject::decode_message(
+            &msg.payload,
+            msg.subject.as_str(),
+            &self.settings.subject_prefix,
+            &self.settings.limits,
+        );
+        let traceparent = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(shared::trace::HEADER))
+            .and_then(|v| shared::trace::parse(v.as_str()));
+        Some(Delivery {
+            msg,
+            stream_id,
+            seq,
+            published_unix,
+            delivered,
+            decoded,
+            traceparent,
+        })
     }
 }
 
@@ -235,10 +226,7 @@ pub async fn run(
 /// (negative ack) instead of waiting out ACK_WAIT, so another replica or the next start gets
 /// them without delay. The pull subscription is dropped *before* the naks: naking while still
 /// subscribed would have JetStream redeliver them straight back to us, over and over.
-async fn release_prefetched(
-    mut messages: async_nats::jetstream::consumer::pull::Stream,
-    in_hand: Option<jetstream::Message>,
-) {
+async fn release_prefetched(mut messages: Messages, in_hand: Option<jetstream::Message>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     let mut held: Vec<jetstream::Message> = in_hand.into_iter().collect();
     while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(
@@ -251,19 +239,12 @@ async fn release_prefetched(
     }
     drop(messages);
     for msg in &held {
-        let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
     }
     if !held.is_empty() {
         tracing::info!(
             released = held.len(),
             "returned prefetched messages to JetStream"
         );
-    }
-}
-
-async fn pause(shutdown: &CancellationToken, d: Duration) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(d) => {}
     }
 }

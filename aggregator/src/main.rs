@@ -1,6 +1,7 @@
 //! `aggregator` binary: parses configuration, sets up logging and metrics, runs the service.
 
 use aggregator::config::{Cli, Command};
+use aggregator::settings::Settings;
 use aggregator::{shutdown, startup, store::Store, telemetry};
 use clap::Parser;
 use std::process::ExitCode;
@@ -23,21 +24,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let settings = Settings::from_config(&cli.config);
     let result = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Migrate => {
-                Store::connect(&cli.config.database_url, 1).await?;
+                Store::connect(&settings.store.database_url, 1).await?;
                 tracing::info!("migrations applied");
                 Ok(())
             }
             Command::Redrive { ids, dry_run } => {
-                aggregator::redrive::run(&cli.config, &ids, dry_run).await
+                aggregator::redrive::run(&settings, &ids, dry_run).await
             }
             Command::Serve => {
                 let prometheus = telemetry::init_metrics()?;
                 let token = shutdown::CancellationToken::new();
                 shutdown::cancel_on_signal(token.clone());
-                startup::run(cli.config, Some(prometheus), token).await
+                startup::run(settings, Some(prometheus), token).await
             }
         }
     });

@@ -9,12 +9,12 @@
 //! redriven and are reported.
 
 use crate::broker;
-use crate::config::Config;
+use crate::settings::Settings;
 use crate::store::Store;
 use anyhow::Context;
 
-pub async fn run(config: &Config, ids: &[i64], dry_run: bool) -> anyhow::Result<()> {
-    let store = Store::connect(&config.database_url, 2).await?;
+pub async fn run(settings: &Settings, ids: &[i64], dry_run: bool) -> anyhow::Result<()> {
+    let store = Store::connect(&settings.store.database_url, 2).await?;
     let rows = store
         .pending_dead_letters((!ids.is_empty()).then_some(ids))
         .await
@@ -23,7 +23,7 @@ pub async fn run(config: &Config, ids: &[i64], dry_run: bool) -> anyhow::Result<
         println!("no dead letters to redrive");
         return Ok(());
     }
-    let client = broker::connect(config).await?;
+    let client = broker::connect(&settings.broker).await?;
     let js = async_nats::jetstream::new(client.clone());
     let (mut sent, mut skipped) = (0u64, 0u64);
     for row in rows {

@@ -19,8 +19,9 @@
 
 use crate::guard::breaker::{Permit, State};
 use crate::guard::{Durable, Settled, WriteFailure, WriteGuard};
+use crate::settings::ReplaySettings;
 use crate::shutdown::CancellationToken;
-use crate::store::batch::BatchOutcome;
+use crate::store::batch::{BatchOutcome, COUNTER_SHARDS};
 use crate::telemetry::names;
 use crate::wal::{CorruptEntry, Damaged, WalEntry};
 use futures::future::BoxFuture;
@@ -43,25 +44,14 @@ pub trait MessageSource: Send + Sync {
     fn fetch(&self, stream_id: i32, seq: i64) -> BoxFuture<'_, Result<WalEntry, FetchError>>;
 }
 
-/// What the monitor needs to know.
-#[derive(Debug, Clone, Copy)]
-pub struct ReplaySettings {
-    /// `HEALTH_CHECK_INTERVAL`.
-    pub interval: Duration,
-    /// `REPLAY_BATCH`: records per transaction.
-    pub chunk: usize,
-    /// Chunks written at once, each on its own counter shard from `shards`.
-    pub lanes: usize,
-    /// The first counter shard of this monitor and how many shards there are.
-    pub shards: (i16, i16),
-}
-
 pub struct Monitor {
     pub guard: Arc<WriteGuard>,
     pub source: Arc<dyn MessageSource>,
     /// Called with what each replayed chunk committed (metrics).
     pub on_commit: Arc<dyn Fn(&BatchOutcome) + Send + Sync>,
     pub settings: ReplaySettings,
+    /// The first of this monitor's counter shards (one per lane, after it).
+    pub first_shard: i16,
 }
 
 /// How a segment's replay ended.
@@ -251,8 +241,7 @@ impl Monitor {
 
     async fn write_chunk(&self, lane: usize, part: &[WalEntry]) -> Result<Settled, WriteFailure> {
         let (records, dead) = WalEntry::split(part.iter().cloned());
-        let (first, count) = self.settings.shards;
-        let shard = ((first as usize + lane) % count.max(1) as usize) as i16;
+        let shard = ((self.first_shard as usize + lane) % usize::from(COUNTER_SHARDS)) as i16;
         self.guard.write(shard, &records, &dead).await
     }
 

@@ -1,185 +1,157 @@
-//! Start-up and the service's lifetime.
+//! Start-up and the service's lifetime: wiring only.
 //!
-//! Order: bind HTTP (so `/live` answers at once and `/ready` says false), connect to Postgres
-//! (creating the database and applying migrations), connect to NATS and set up the stream and
-//! consumer, then start intake, the workers and compaction and report ready. On shutdown the
-//! same parts stop in reverse: intake stops pulling, the workers drain the buffer, pending
+//! Order: open the WAL and bind HTTP (so a bad `WAL_PATH` or `HTTP_ADDR` fails at once, and
+//! `/live` answers while `/ready` says false), connect to Postgres (creating the database and
+//! applying migrations), connect to NATS and set up the stream and consumer, then start
+//! intake, the workers, the health monitor and housekeeping and report ready. On shutdown the
+//! same parts stop in reverse: intake stops pulling, the workers drain the buffers, pending
 //! acknowledgements are flushed to NATS, and the HTTP server closes.
 
-use crate::config::Config;
-use crate::guard::breaker::CircuitBreaker;
-use crate::guard::retry::Backoff;
+use crate::api::state::{AppState, SharedState};
 use crate::guard::WriteGuard;
-use crate::intake::{self, Delivery};
-use crate::replay::{Monitor, ReplaySettings};
-use crate::shutdown::CancellationToken;
+use crate::intake::{BufferCount, Delivery, Intake};
+use crate::replay::Monitor;
+use crate::settings::Settings;
+use crate::shutdown::{retry_until, CancellationToken};
 use crate::source::JetStreamSource;
-use crate::state::{AppState, SharedState};
 use crate::store::batch::COUNTER_SHARDS;
 use crate::store::Store;
-use crate::telemetry::names;
+use crate::subscription::{self, Subscription};
+use crate::telemetry::{names, TopicLabels};
 use crate::wal::{Recovery, Wal};
-use crate::worker::{Failpoint, Worker};
+use crate::worker::{self, Failpoint, Worker};
 use crate::{api, broker, housekeeping};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// The running service.
+pub struct Service {
+    /// Where the HTTP API listens (the port the system chose for `HTTP_ADDR` port 0).
+    pub addr: SocketAddr,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    /// Waits until the service has stopped (after `shutdown` was cancelled and everything in
+    /// flight was settled).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the service task failed")?
+    }
+}
 
 /// Runs the service until `shutdown` is cancelled and everything in flight is settled.
 pub async fn run(
-    config: Config,
+    settings: Settings,
     prometheus: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Configuration problems that only show when used: fail now, naming the variable.
-    let segment_bytes = (config.wal_max_size / 8).clamp(64 * 1024, 16 * 1024 * 1024);
-    let (wal, recovery) = Wal::open(&config.wal_path, segment_bytes, config.wal_max_size)
-        .with_context(|| format!("WAL_PATH: cannot use {}", config.wal_path.display()))?;
-    report_recovery(&recovery);
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("HTTP_ADDR: cannot listen on {}", config.http_addr))?;
-    let state = AppState::new(config, prometheus);
-    tracing::info!(addr = %state.config.http_addr, "HTTP API listening");
-    let server = axum::serve(listener, api::router(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let http = tokio::spawn(async move { server.await });
-
-    let result = run_pipeline(&state, &shutdown, wal).await;
-    shutdown.cancel();
-    match http.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server error"),
-        Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
-        Ok(Ok(())) => {}
-    }
-    result
+    start(settings, prometheus, shutdown).await?.wait().await
 }
 
+/// Opens the WAL and binds the HTTP listener (an error names the variable), then runs the
+/// rest in the background.
+pub async fn start(
+    settings: Settings,
+    prometheus: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Service> {
+    let wal_path = &settings.wal.path;
+    let (wal, recovery) =
+        Wal::open(wal_path, settings.wal.segment_bytes, settings.wal.max_bytes)
+            .with_context(|| format!("WAL_PATH: cannot use {}", wal_path.display()))?;
+    report_recovery(&recovery);
+    let http_addr = settings.api.http_addr;
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("HTTP_ADDR: cannot listen on {http_addr}"))?;
+    let addr = listener
+        .local_addr()
+        .with_context(|| format!("HTTP_ADDR: cannot listen on {http_addr}"))?;
+    tracing::info!(%addr, "HTTP API listening");
+
+    let buffered = BufferCount::default();
+    let state = AppState::new(
+        settings.api.clone(),
+        settings.broker.clone(),
+        buffered.clone(),
+        prometheus,
+    );
+    let server = axum::serve(listener, api::router(state.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let task = tokio::spawn(async move {
+        let http = tokio::spawn(async move { server.await });
+        let result = run_pipeline(settings, &state, wal, buffered, &shutdown).await;
+        shutdown.cancel();
+        match http.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server error"),
+            Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+            Ok(Ok(())) => {}
+        }
+        result
+    });
+    Ok(Service { addr, task })
+}
+
+/// Connects to Postgres and NATS, runs the pipeline until shutdown, then drains it.
 async fn run_pipeline(
+    settings: Settings,
     state: &SharedState,
-    shutdown: &CancellationToken,
     wal: Wal,
+    buffered: BufferCount,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let cfg = &state.config;
+    let store_settings = &settings.store;
     let Some(store) = retry_until("PostgreSQL", shutdown, || {
-        Store::connect(&cfg.database_url, cfg.pool_size())
+        Store::connect(&store_settings.database_url, store_settings.pool_size)
     })
     .await
     else {
         return Ok(());
     };
     let _ = state.store.set(store.clone());
-    let guard = Arc::new(WriteGuard::new(
-        store.clone(),
-        cfg.subject_prefix.clone(),
-        CircuitBreaker::new(cfg.circuit_breaker_threshold, cfg.circuit_breaker_timeout),
-        Backoff {
-            attempts: cfg.max_retries,
-            base: cfg.retry_delay,
-        },
-        cfg.write_timeout,
-        wal,
-    ));
+    let guard = Arc::new(WriteGuard::new(store.clone(), &settings.guard, wal));
     let _ = state.guard.set(guard.clone());
 
     let client = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        c = broker::connect(cfg) => c?,
+        c = broker::connect(&settings.broker) => c?,
     };
     let _ = state.nats.set(client.clone());
-    let js = async_nats::jetstream::new(client.clone());
     let Some(subscription) = retry_until("JetStream", shutdown, || {
-        intake::subscribe(&client, &store, cfg)
+        subscription::subscribe(&client, &store, &settings.broker)
     })
     .await
     else {
         return Ok(());
     };
 
-    // One bounded buffer per worker; MAX_BUFFER_SIZE in all.
-    let per_worker = (cfg.max_buffer_size as usize / usize::from(cfg.workers)).max(1);
-    let (txs, rxs): (Vec<_>, Vec<_>) = (0..cfg.workers)
-        .map(|_| mpsc::channel::<Delivery>(per_worker))
-        .unzip();
-    let intake = tokio::spawn(intake::run(
-        state.clone(),
-        client.clone(),
-        store.clone(),
-        txs,
-        shutdown.clone(),
-        Some(subscription),
-    ));
-    let failpoint = Arc::new(Failpoint::from_env());
-    let solo = Arc::new(tokio::sync::RwLock::new(()));
-    let offset: u16 = rand::random::<u16>() % COUNTER_SHARDS;
-    let source = Arc::new(JetStreamSource::new(
-        js.clone(),
-        store.clone(),
-        cfg.subject_prefix.clone(),
-        shared::Limits {
-            max_payload_bytes: cfg.max_payload_bytes as usize,
-        },
-    ));
-    let metrics_state = state.clone();
-    let monitor = Monitor {
-        guard: guard.clone(),
-        source: source.clone(),
-        on_commit: Arc::new(move |o| crate::worker::record_outcome_metrics(&metrics_state, o)),
-        settings: ReplaySettings {
-            interval: cfg.health_check_interval,
-            chunk: cfg.replay_batch as usize,
-            lanes: usize::from(cfg.workers),
-            shards: (
-                ((offset + cfg.workers) % COUNTER_SHARDS) as i16,
-                COUNTER_SHARDS as i16,
-            ),
-        },
-    };
-    monitor.tick().await;
-    let monitor_task = tokio::spawn(monitor.run(shutdown.clone()));
-    let workers: Vec<_> = (0..cfg.workers)
-        .zip(rxs)
-        .map(|(id, rx)| {
-            let worker = Worker {
-                id,
-                shard: ((offset + id) % COUNTER_SHARDS) as i16,
-                state: state.clone(),
-                guard: guard.clone(),
-                rx,
-                shutdown: shutdown.clone(),
-                failpoint: failpoint.clone(),
-                solo: solo.clone(),
-            };
-            tokio::spawn(worker.run())
-        })
-        .collect();
-    let compactor = tokio::spawn(housekeeping::run(
-        store.clone(),
-        source,
-        cfg.compact_interval,
-        cfg.retention,
-        shutdown.clone(),
-    ));
+    let components = Components::start(
+        &settings,
+        &client,
+        store,
+        guard,
+        buffered,
+        shutdown,
+        subscription,
+    )
+    .await;
     state.ready.store(true, Ordering::Release);
     tracing::info!(
-        workers = cfg.workers,
-        batch_size = cfg.batch_size,
+        workers = settings.intake.workers,
+        batch_size = settings.worker.batch_size,
         "aggregator ready"
     );
 
     shutdown.cancelled().await;
     state.ready.store(false, Ordering::Release);
     tracing::info!("draining: intake stopped, finishing buffered batches");
-    let _ = intake.await;
-    for w in workers {
-        let _ = w.await;
-    }
-    let _ = compactor.await;
-    let _ = monitor_task.await;
+    components.drain().await;
     // Acks are fire-and-forget publishes: make sure they have left before exiting.
     if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
         tracing::warn!(error = %e, "timed out flushing acknowledgements to NATS");
@@ -188,29 +160,103 @@ async fn run_pipeline(
     Ok(())
 }
 
-/// Calls `f` until it succeeds (logging each failure) or `shutdown` is cancelled.
-async fn retry_until<T, F, Fut>(what: &str, shutdown: &CancellationToken, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<T>>,
-{
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let attempt = tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            r = f() => r,
+/// The pipeline's running tasks.
+struct Components {
+    intake: JoinHandle<()>,
+    workers: Vec<JoinHandle<()>>,
+    monitor: JoinHandle<()>,
+    housekeeping: JoinHandle<()>,
+}
+
+impl Components {
+    /// Starts intake, one worker per buffer, the health monitor (after a first check, so a
+    /// WAL left by an earlier run is replayed before new work) and housekeeping.
+    async fn start(
+        settings: &Settings,
+        client: &async_nats::Client,
+        store: Store,
+        guard: Arc<WriteGuard>,
+        buffered: BufferCount,
+        shutdown: &CancellationToken,
+        subscription: Subscription,
+    ) -> Components {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..settings.intake.workers)
+            .map(|_| mpsc::channel::<Delivery>(settings.intake.buffer_per_worker))
+            .unzip();
+        let intake = Intake {
+            settings: settings.intake.clone(),
+            broker: settings.broker.clone(),
+            client: client.clone(),
+            store: store.clone(),
+            buffers: txs,
+            buffered: buffered.clone(),
+            shutdown: shutdown.clone(),
         };
-        match attempt {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "{what} not available yet");
-            }
+        let intake = tokio::spawn(intake.run(Some(subscription)));
+
+        // Each writer adds to counter shards of its own; a random offset keeps replicas apart.
+        let offset = rand::random::<u16>() % COUNTER_SHARDS;
+        let shard = |i: usize| ((usize::from(offset) + i) % usize::from(COUNTER_SHARDS)) as i16;
+        let labels = Arc::new(TopicLabels::new(settings.api.metrics_max_topics));
+        let failpoint = Arc::new(Failpoint::from_env());
+        let solo = Arc::new(tokio::sync::RwLock::new(()));
+        let workers = rxs
+            .into_iter()
+            .enumerate()
+            .map(|(i, rx)| {
+                let worker = Worker {
+                    id: i as u16,
+                    shard: shard(i),
+                    settings: settings.worker,
+                    buffered: buffered.clone(),
+                    labels: labels.clone(),
+                    guard: guard.clone(),
+                    rx,
+                    shutdown: shutdown.clone(),
+                    failpoint: failpoint.clone(),
+                    solo: solo.clone(),
+                };
+                tokio::spawn(worker.run())
+            })
+            .collect();
+
+        let source = Arc::new(JetStreamSource::new(
+            async_nats::jetstream::new(client.clone()),
+            store.clone(),
+            settings.intake.subject_prefix.clone(),
+            settings.intake.limits,
+        ));
+        let monitor = Monitor {
+            guard,
+            source: source.clone(),
+            on_commit: Arc::new(move |o| worker::record_outcome_metrics(&labels, o)),
+            settings: settings.replay,
+            first_shard: shard(settings.intake.workers),
+        };
+        monitor.tick().await;
+        let monitor = tokio::spawn(monitor.run(shutdown.clone()));
+        let housekeeping = tokio::spawn(housekeeping::run(
+            store,
+            source,
+            settings.housekeeping,
+            shutdown.clone(),
+        ));
+        Components {
+            intake,
+            workers,
+            monitor,
+            housekeeping,
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
+    }
+
+    /// Waits for every task, in pipeline order, after shutdown was cancelled.
+    async fn drain(self) {
+        let _ = self.intake.await;
+        for w in self.workers {
+            let _ = w.await;
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
+        let _ = self.housekeeping.await;
+        let _ = self.monitor.await;
     }
 }
 

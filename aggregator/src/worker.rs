@@ -11,12 +11,14 @@
 //! it is durable (committed, or fsynced to the WAL).
 
 use crate::guard::{Durable, WriteGuard};
+use crate::intake::BufferCount;
 use crate::intake::Delivery;
-use crate::message::{DeadLetter, Record};
+use crate::message::{DeadLetter, MessageKey, Record};
+use crate::settings::WorkerSettings;
 use crate::shutdown::CancellationToken;
-use crate::state::SharedState;
 use crate::store::batch::BatchOutcome;
 use crate::telemetry::names;
+use crate::telemetry::TopicLabels;
 use async_nats::jetstream::AckKind;
 use futures::future::BoxFuture;
 use std::collections::HashSet;
@@ -71,7 +73,11 @@ impl Failpoint {
 pub struct Worker {
     pub id: u16,
     pub shard: i16,
-    pub state: SharedState,
+    pub settings: WorkerSettings,
+    /// Messages waiting in the buffers, which this worker takes out.
+    pub buffered: BufferCount,
+    /// `topic` label values of the counters.
+    pub labels: Arc<TopicLabels>,
     pub guard: Arc<WriteGuard>,
     pub rx: mpsc::Receiver<Delivery>,
     pub shutdown: CancellationToken,
@@ -85,18 +91,15 @@ pub struct Worker {
 impl Worker {
     /// Runs until the buffer is closed and empty.
     pub async fn run(mut self) {
-        let cfg = &self.state.config;
-        let max = cfg.batch_size as usize;
+        let max = self.settings.batch_size;
         let mut batch = Vec::with_capacity(max);
         loop {
             batch.clear();
-            if collect(&mut self.rx, &mut batch, max, cfg.batch_timeout).await == 0 {
+            if collect(&mut self.rx, &mut batch, max, self.settings.batch_timeout).await == 0 {
                 tracing::debug!(worker = self.id, "buffer closed; worker done");
                 return;
             }
-            self.state
-                .buffered
-                .fetch_sub(batch.len() as i64, Ordering::Relaxed);
+            self.buffered.sub(batch.len());
             self.process(&mut batch).await;
         }
     }
@@ -109,7 +112,7 @@ impl Worker {
     async fn process(&self, batch: &mut [Delivery]) {
         // A message delivered twice into one batch is written once (and acked twice).
         batch.sort_unstable_by_key(|d| (d.stream_id, d.seq));
-        let max = self.state.config.max_deliver;
+        let max = self.settings.max_deliver;
         let (suspects, normal): (Vec<&mut Delivery>, Vec<&mut Delivery>) =
             batch.iter_mut().partition(|d| d.delivered > max);
         {
@@ -177,7 +180,7 @@ impl Worker {
         };
         if let Durable::Committed(outcome) = &settled.durable {
             self.failpoint.after_commit();
-            record_outcome_metrics(&self.state, outcome);
+            record_outcome_metrics(&self.labels, outcome);
         }
         // Follow one event from publish to commit: its trace context is on this event (and in
         // its stored row). Debug level: cheap when disabled.
@@ -198,9 +201,13 @@ impl Worker {
             }
         }
         record_batch_metrics(&group);
-        let dead: HashSet<(i32, i64)> = settled.dead.into_iter().collect();
+        let dead: HashSet<MessageKey> = settled.dead.into_iter().collect();
         for d in &group {
-            let kind = if dead.contains(&(d.stream_id, d.seq)) {
+            let key = MessageKey {
+                stream_id: d.stream_id,
+                seq: d.seq,
+            };
+            let kind = if dead.contains(&key) {
                 AckKind::Term
             } else {
                 AckKind::Ack
@@ -276,9 +283,9 @@ fn take_records(
 }
 
 /// Counters of a committed batch (or replayed WAL chunk), per topic.
-pub fn record_outcome_metrics(state: &SharedState, o: &BatchOutcome) {
+pub fn record_outcome_metrics(labels: &TopicLabels, o: &BatchOutcome) {
     for t in &o.topics {
-        let label = state.topic_labels.label(&t.topic);
+        let label = labels.label(&t.topic);
         metrics::counter!(names::RECEIVED, "topic" => label.clone()).increment(t.received as u64);
         metrics::counter!(names::UNIQUE, "topic" => label.clone()).increment(t.unique as u64);
         metrics::counter!(names::DUPLICATE, "topic" => label)

@@ -31,6 +31,7 @@ use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind}
 use async_nats::Subject;
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use shared::backoff::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, error, warn};
@@ -43,8 +44,9 @@ const MAX_ATTEMPTS: u32 = 35;
 /// A stream missing from the start is caught before the first publish; mid-run, "no
 /// responders" is what a stream without a leader answers, so it gets the full budget.
 const NO_STREAM_ATTEMPTS: u32 = MAX_ATTEMPTS;
-const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Exponential backoff between attempts: 50 ms doubling up to 2 s, ±20% jitter so that
+/// thousands of sends failing together do not retry in lockstep.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 /// Longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// How long an HTTP request may take, including the server waiting for JetStream.
@@ -92,26 +94,6 @@ impl Outcome {
         if self.fatal.is_none() {
             self.fatal = other.fatal;
         }
-    }
-}
-
-/// Exponential backoff: 50 ms doubling up to 2 s, each delay with ±20% jitter so that
-/// thousands of sends failing together do not retry in lockstep.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self {
-            next: INITIAL_BACKOFF,
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (d * 2).min(MAX_BACKOFF);
-        d.mul_f64(rand::random_range(0.8..1.2))
     }
 }
 
@@ -240,7 +222,6 @@ impl NatsSink {
         };
         let msg_id = format!("{}-{}", self.run_id, s.index);
         let traceparent = shared::trace::new_traceparent();
-        let mut backoff = Backoff::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -285,7 +266,7 @@ impl NatsSink {
                             ..Outcome::failed(std::slice::from_ref(&s), Some(reason))
                         };
                     }
-                    let delay = backoff.next_delay();
+                    let delay = BACKOFF.delay(attempt);
                     debug!(msg_id, %subject, error = %e, attempt, ?delay, "publish failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -366,7 +347,6 @@ impl HttpSink {
         let key = format!("{}-{}", self.run_id, first.index);
         let traceparent = shared::trace::new_traceparent();
         let body = json_array(&sends);
-        let mut backoff = Backoff::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -393,7 +373,7 @@ impl HttpSink {
                         debug!(key, "{reason}");
                         return Outcome::failed(&sends, Some(reason));
                     }
-                    let delay = backoff.next_delay().max(retry_after.unwrap_or_default());
+                    let delay = BACKOFF.delay(attempt).max(retry_after.unwrap_or_default());
                     debug!(key, attempt, ?delay, "{reason}; retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -496,8 +476,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let mut b = Backoff::new();
-        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        let delays: Vec<Duration> = (1..=8).map(|attempt| BACKOFF.delay(attempt)).collect();
         assert!(delays[0] >= Duration::from_millis(40) && delays[0] <= Duration::from_millis(60));
         assert!(delays[1] >= Duration::from_millis(80) && delays[1] <= Duration::from_millis(120));
         for d in &delays[6..] {

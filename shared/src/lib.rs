@@ -6,7 +6,9 @@
 //! * [`subject`]: how a topic maps to a NATS subject (`<prefix>.<topic>`).
 //! * [`id`]: event id generation (UUIDv7, time ordered).
 //! * [`trace`]: the W3C `traceparent` carried from publisher to stored event.
+//! * [`backoff`]: the retry schedule every retry loop of both programs uses.
 
+pub mod backoff;
 pub mod event;
 pub mod id;
 pub mod subject;

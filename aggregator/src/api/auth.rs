@@ -1,7 +1,7 @@
 //! Bearer-token check for write endpoints (`API_TOKEN`).
 
+use super::state::SharedState;
 use super::ApiError;
-use crate::state::SharedState;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -13,7 +13,7 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(expected) = state.config.api_token.as_deref() {
+    if let Some(expected) = state.settings.api_token.as_deref() {
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)

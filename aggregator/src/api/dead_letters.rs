@@ -5,8 +5,8 @@
 //! replaced (JSON escaping takes care of control characters), `raw_base64` is exact.
 //! `raw_truncated` says whether only the first 8 KiB were kept.
 
+use super::state::SharedState;
 use super::{query, ApiError};
-use crate::state::SharedState;
 use axum::extract::{RawQuery, State};
 use axum::Json;
 use base64::Engine;

@@ -5,8 +5,8 @@
 //! `after`. Parameters are parsed strictly: an unknown or repeated parameter, or a bad value,
 //! is a 400 naming it.
 
+use super::state::SharedState;
 use super::{query, ApiError};
-use crate::state::SharedState;
 use crate::store::queries::{EventFilter, StoredEvent};
 use axum::extract::{RawQuery, State};
 use axum::Json;

@@ -1,6 +1,6 @@
 //! `GET /health` (dependencies), `GET /live` (process alive), `GET /ready` (can take traffic).
 
-use crate::state::SharedState;
+use super::state::SharedState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -33,17 +33,17 @@ pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Healt
         None => false,
     };
     let nats_up = state.nats_up();
-    let (wal_size_bytes, wal_record_count, circuit_breaker) = state.guard_status();
+    let guard = state.guard_status();
     let healthy = db_up && nats_up;
     let body = Health {
         status: if healthy { "healthy" } else { "degraded" },
         timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         database_status: up_down(db_up),
         nats_status: up_down(nats_up),
-        wal_size_bytes,
-        wal_record_count,
+        wal_size_bytes: guard.wal_bytes,
+        wal_record_count: guard.wal_records,
         buffer_size: state.buffer_size(),
-        circuit_breaker,
+        circuit_breaker: guard.breaker.as_str(),
     };
     let code = if healthy {
         StatusCode::OK

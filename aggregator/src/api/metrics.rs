@@ -2,8 +2,8 @@
 //!
 //! Gauges that describe current state (buffer, consumer backlog) are refreshed at scrape time.
 
+use super::state::SharedState;
 use crate::broker;
-use crate::state::SharedState;
 use crate::telemetry::names;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -11,16 +11,12 @@ use axum::response::{IntoResponse, Response};
 
 pub async fn render(State(state): State<SharedState>) -> Response {
     metrics::gauge!(names::BUFFER_SIZE).set(state.buffer_size() as f64);
-    let (wal_bytes, wal_records, _) = state.guard_status();
-    metrics::gauge!(names::WAL_BYTES).set(wal_bytes as f64);
-    metrics::gauge!(names::WAL_RECORDS).set(wal_records as f64);
-    let breaker = state
-        .guard
-        .get()
-        .map_or(crate::guard::breaker::State::Closed, |g| g.breaker.state());
-    metrics::gauge!(names::BREAKER_STATE).set(breaker.gauge());
+    let guard = state.guard_status();
+    metrics::gauge!(names::WAL_BYTES).set(guard.wal_bytes as f64);
+    metrics::gauge!(names::WAL_RECORDS).set(guard.wal_records as f64);
+    metrics::gauge!(names::BREAKER_STATE).set(guard.breaker.gauge());
     if let Some(js) = state.jetstream().filter(|_| state.nats_up()) {
-        if let Some(pending) = broker::consumer_pending(&js, &state.config).await {
+        if let Some(pending) = broker::consumer_pending(&js, &state.broker).await {
             metrics::gauge!(names::CONSUMER_PENDING).set(pending as f64);
         }
     }

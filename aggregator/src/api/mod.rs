@@ -21,20 +21,21 @@ pub mod health;
 pub mod metrics;
 pub mod publish;
 pub mod query;
+pub mod state;
 pub mod stats;
 
-use crate::state::SharedState;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use serde::Serialize;
+use state::SharedState;
 use std::time::Duration;
 use tower_http::trace::TraceLayer;
 
 pub fn router(state: SharedState) -> Router {
-    let body_limit = usize::try_from(state.config.max_body_bytes).unwrap_or(usize::MAX);
+    let body_limit = state.settings.max_body_bytes;
     let writes = Router::new()
         .route("/publish", post(publish::publish))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -60,7 +61,7 @@ pub fn router(state: SharedState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            state.config.request_timeout,
+            state.settings.request_timeout,
         ))
         .layer(
             TraceLayer::new_for_http()

@@ -12,8 +12,8 @@
 //! partly succeeded re-publishes those events; they are then counted as duplicates, never
 //! stored twice.
 
+use super::state::SharedState;
 use super::{ApiError, Detail};
-use crate::state::SharedState;
 use crate::telemetry::names;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -55,17 +55,14 @@ pub async fn publish(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "request body is larger than MAX_BODY_BYTES ({} bytes)",
-                    state.config.max_body_bytes
+                    state.settings.max_body_bytes
                 ),
             )
         } else {
             ApiError::bad_field("body", rejection.body_text())
         }
     })?;
-    let limits = Limits {
-        max_payload_bytes: state.config.max_payload_bytes as usize,
-    };
-    let events = parse_body(&body, &limits)?;
+    let events = parse_body(&body, &state.settings.limits)?;
 
     let key = match headers.get(IDEMPOTENCY_KEY) {
         None => None,
@@ -92,7 +89,7 @@ pub async fn publish(
     let Some(js) = state.jetstream().filter(|_| state.nats_up()) else {
         return Err(ApiError::unavailable("NATS is unavailable; retry later"));
     };
-    let prefix = &state.config.subject_prefix;
+    let prefix = &state.settings.subject_prefix;
     let publishing = async {
         let mut acks = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
@@ -114,7 +111,7 @@ pub async fn publish(
             .await
             .map_err(async_nats::Error::from)
     };
-    match tokio::time::timeout(state.config.publish_timeout, publishing).await {
+    match tokio::time::timeout(state.settings.publish_timeout, publishing).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "publish to JetStream failed");
@@ -125,7 +122,7 @@ pub async fn publish(
         Err(_) => {
             return Err(ApiError::unavailable(format!(
                 "the broker did not acknowledge within {:?}",
-                state.config.publish_timeout
+                state.settings.publish_timeout
             )))
         }
     }

@@ -1,8 +1,9 @@
 //! `GET /stats`: durable totals from Postgres plus live pipeline figures.
 
+use super::state::SharedState;
 use super::ApiError;
 use crate::broker;
-use crate::state::SharedState;
+use crate::guard::breaker::State as BreakerState;
 use crate::store::queries::TopicCounts;
 use axum::extract::State;
 use axum::Json;
@@ -31,7 +32,7 @@ pub async fn get_stats(State(state): State<SharedState>) -> Result<Json<Stats>, 
         .ok_or_else(|| ApiError::unavailable("starting up: database not connected yet"))?;
     let totals = store.totals().await.map_err(ApiError::from_db)?;
     let pending = match state.jetstream() {
-        Some(js) => broker::consumer_pending(&js, &state.config).await,
+        Some(js) => broker::consumer_pending(&js, &state.broker).await,
         None => None,
     };
     let duplicate_rate = if totals.received > 0 {
@@ -39,8 +40,8 @@ pub async fn get_stats(State(state): State<SharedState>) -> Result<Json<Stats>, 
     } else {
         0.0
     };
-    let (_, wal_record_count, circuit_breaker) = state.guard_status();
-    let healthy = pending.is_some() && state.is_ready() && circuit_breaker == "CLOSED";
+    let guard = state.guard_status();
+    let healthy = pending.is_some() && state.is_ready() && guard.breaker == BreakerState::Closed;
     Ok(Json(Stats {
         received: totals.received,
         unique_processed: totals.unique_processed,
@@ -51,8 +52,8 @@ pub async fn get_stats(State(state): State<SharedState>) -> Result<Json<Stats>, 
         uptime_seconds: state.started.elapsed().as_secs(),
         consumer_pending: pending.unwrap_or(0),
         buffer_size: state.buffer_size(),
-        wal_record_count,
-        circuit_breaker,
+        wal_record_count: guard.wal_records,
+        circuit_breaker: guard.breaker.as_str(),
         status: if healthy { "healthy" } else { "degraded" },
     }))
 }

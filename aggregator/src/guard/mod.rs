@@ -23,14 +23,15 @@
 pub mod breaker;
 pub mod retry;
 
-use crate::message::{DeadLetter, Record};
+use crate::message::{DeadLetter, MessageKey, Record};
+use crate::settings::GuardSettings;
 use crate::shutdown::CancellationToken;
 use crate::store::batch::{BatchOutcome, WriteError};
 use crate::store::{is_transient, Store};
 use crate::telemetry::names;
 use crate::wal::{Wal, WalEntry, WalError};
 use breaker::{CircuitBreaker, Permit};
-use retry::Backoff;
+use retry::RetryPolicy;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,14 +53,14 @@ pub struct Settled {
     pub durable: Durable,
     /// Messages that ended as dead letters (to terminate rather than acknowledge), including
     /// any the database rejected.
-    pub dead: Vec<(i32, i64)>,
+    pub dead: Vec<MessageKey>,
 }
 
 pub struct WriteGuard {
     store: Store,
     subject_prefix: String,
     pub breaker: CircuitBreaker,
-    backoff: Backoff,
+    retry: RetryPolicy,
     write_timeout: Duration,
     wal: Arc<Mutex<Wal>>,
     wal_bytes: AtomicU64,
@@ -89,21 +90,32 @@ impl std::fmt::Display for WriteFailure {
     }
 }
 
+/// The guard's state as operators see it (`/health`, `/stats`, `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardStatus {
+    pub wal_bytes: u64,
+    pub wal_records: u64,
+    pub breaker: breaker::State,
+}
+
+impl Default for GuardStatus {
+    fn default() -> Self {
+        Self {
+            wal_bytes: 0,
+            wal_records: 0,
+            breaker: breaker::State::Closed,
+        }
+    }
+}
+
 impl WriteGuard {
-    pub fn new(
-        store: Store,
-        subject_prefix: String,
-        breaker: CircuitBreaker,
-        backoff: Backoff,
-        write_timeout: Duration,
-        wal: Wal,
-    ) -> Self {
+    pub fn new(store: Store, settings: &GuardSettings, wal: Wal) -> Self {
         let guard = Self {
             store,
-            subject_prefix,
-            breaker,
-            backoff,
-            write_timeout,
+            subject_prefix: settings.subject_prefix.clone(),
+            breaker: CircuitBreaker::new(settings.breaker_threshold, settings.breaker_timeout),
+            retry: RetryPolicy::new(settings.attempts, settings.retry_delay),
+            write_timeout: settings.write_timeout,
             wal: Arc::new(Mutex::new(wal)),
             wal_bytes: AtomicU64::new(0),
             wal_records: AtomicU64::new(0),
@@ -114,6 +126,14 @@ impl WriteGuard {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn status(&self) -> GuardStatus {
+        GuardStatus {
+            wal_bytes: self.wal_bytes(),
+            wal_records: self.wal_records(),
+            breaker: self.breaker.state(),
+        }
     }
 
     /// Bytes currently in the WAL.
@@ -173,7 +193,7 @@ impl WriteGuard {
         let mut wal_failures = 0u32;
         loop {
             let attempts = match self.breaker.permit() {
-                Permit::Write => self.backoff.attempts,
+                Permit::Write => self.retry.attempts,
                 Permit::Probe => 1,
                 Permit::Refused => 0,
             };
@@ -187,7 +207,7 @@ impl WriteGuard {
                 Ok(()) => {
                     return Some(Settled {
                         durable: Durable::Logged,
-                        dead: dead.iter().map(|d| (d.stream_id, d.seq)).collect(),
+                        dead: dead.iter().map(DeadLetter::key).collect(),
                     })
                 }
                 Err(e) => {
@@ -232,7 +252,7 @@ impl WriteGuard {
                     self.breaker.on_failure();
                     metrics::counter!(names::BATCH_RETRIES).increment(1);
                     let next = self
-                        .backoff
+                        .retry
                         .delay(attempt)
                         .filter(|_| attempt < attempts && !shutdown.is_cancelled());
                     let Some(delay) = next else {
@@ -310,7 +330,7 @@ fn write_isolating<'a>(
         let started = std::time::Instant::now();
         let committed = |outcome: BatchOutcome, dead: &[DeadLetter]| Settled {
             durable: Durable::Committed(outcome),
-            dead: dead.iter().map(|d| (d.stream_id, d.seq)).collect(),
+            dead: dead.iter().map(DeadLetter::key).collect(),
         };
         let err = match store.write_batch(shard, records, dead).await {
             Ok(outcome) => {

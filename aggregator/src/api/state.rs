@@ -1,19 +1,21 @@
-//! Runtime state shared by the pipeline and the HTTP API.
+//! What the HTTP handlers share: their settings and handles to the running service.
 //!
 //! The HTTP server starts before the database and NATS are reachable (so `/live` and
 //! `/ready` answer during start-up); the connections are filled in once they exist.
 
-use crate::config::Config;
-use crate::guard::WriteGuard;
+use crate::guard::{GuardStatus, WriteGuard};
+use crate::intake::BufferCount;
+use crate::settings::{ApiSettings, BrokerSettings};
 use crate::store::Store;
-use crate::telemetry::TopicLabels;
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 pub struct AppState {
-    pub config: Config,
+    pub settings: ApiSettings,
+    /// The stream and consumer, for the backlog in `/stats` and `/metrics`.
+    pub broker: BrokerSettings,
     pub started: Instant,
     pub store: OnceLock<Store>,
     pub nats: OnceLock<async_nats::Client>,
@@ -21,8 +23,7 @@ pub struct AppState {
     /// Start-up (migrations, stream, consumer) finished and the pipeline is running.
     pub ready: AtomicBool,
     /// Messages pulled from JetStream and not yet taken by a worker.
-    pub buffered: AtomicI64,
-    pub topic_labels: TopicLabels,
+    pub buffered: BufferCount,
     /// The write guard (breaker, WAL), once start-up created it.
     pub guard: OnceLock<Arc<WriteGuard>>,
     /// Admission control for `POST /publish` (`MAX_CONCURRENT_PUBLISH`).
@@ -32,28 +33,32 @@ pub struct AppState {
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
-    pub fn new(config: Config, prometheus: Option<PrometheusHandle>) -> SharedState {
-        let topic_labels = TopicLabels::new(config.metrics_max_topics as usize);
+    pub fn new(
+        settings: ApiSettings,
+        broker: BrokerSettings,
+        buffered: BufferCount,
+        prometheus: Option<PrometheusHandle>,
+    ) -> SharedState {
         Arc::new(Self {
-            topic_labels,
-            guard: OnceLock::new(),
-            publish_slots: tokio::sync::Semaphore::new(config.max_concurrent_publish as usize),
-            config,
+            publish_slots: tokio::sync::Semaphore::new(settings.max_concurrent_publish),
+            settings,
+            broker,
             started: Instant::now(),
             store: OnceLock::new(),
             nats: OnceLock::new(),
             prometheus,
             ready: AtomicBool::new(false),
-            buffered: AtomicI64::new(0),
+            buffered,
+            guard: OnceLock::new(),
         })
     }
 
-    /// WAL bytes, WAL records and breaker state, for `/health` and `/stats`.
-    pub fn guard_status(&self) -> (u64, u64, &'static str) {
-        match self.guard.get() {
-            Some(g) => (g.wal_bytes(), g.wal_records(), g.breaker.state().as_str()),
-            None => (0, 0, "CLOSED"),
-        }
+    /// WAL size and breaker state, for `/health`, `/stats` and `/metrics` (an empty WAL and a
+    /// closed breaker before start-up created the guard).
+    pub fn guard_status(&self) -> GuardStatus {
+        self.guard
+            .get()
+            .map_or_else(GuardStatus::default, |g| g.status())
     }
 
     pub fn is_ready(&self) -> bool {
@@ -61,7 +66,7 @@ impl AppState {
     }
 
     pub fn buffer_size(&self) -> i64 {
-        self.buffered.load(Ordering::Relaxed).max(0)
+        self.buffered.get()
     }
 
     pub fn jetstream(&self) -> Option<async_nats::jetstream::Context> {

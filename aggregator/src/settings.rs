@@ -1,0 +1,199 @@
+//! Each component's settings, derived once at start-up from the [`Config`] the operator
+//! gave: a component sees what it needs and nothing else, and a value derived from several
+//! variables (the pull batch, the consumer's ack-pending limit, the WAL segment size) is
+//! computed in one place, with the reason next to it.
+
+use crate::config::Config;
+use shared::Limits;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Every component's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub store: StoreSettings,
+    pub broker: BrokerSettings,
+    pub intake: IntakeSettings,
+    pub worker: WorkerSettings,
+    pub guard: GuardSettings,
+    pub wal: WalSettings,
+    pub replay: ReplaySettings,
+    pub housekeeping: HousekeepingSettings,
+    pub api: ApiSettings,
+}
+
+/// PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub database_url: String,
+    /// Connections the pool may open.
+    pub pool_size: u32,
+}
+
+/// NATS and the JetStream stream and consumer.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub nats_url: String,
+    pub stream_name: String,
+    pub subject_prefix: String,
+    pub consumer_name: String,
+    pub stream_replicas: u8,
+    pub ack_wait: Duration,
+    /// Messages the consumer may have delivered but not had acknowledged.
+    pub max_ack_pending: i64,
+}
+
+/// Pulling, decoding and routing messages to the workers.
+#[derive(Debug, Clone)]
+pub struct IntakeSettings {
+    pub subject_prefix: String,
+    pub limits: Limits,
+    /// Messages asked for per pull request.
+    pub pull_batch: usize,
+    /// Workers, one buffer each.
+    pub workers: usize,
+    /// Capacity of each worker's buffer (`MAX_BUFFER_SIZE` shared out).
+    pub buffer_per_worker: usize,
+}
+
+/// Batching and settling messages.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerSettings {
+    pub batch_size: usize,
+    pub batch_timeout: Duration,
+    /// Deliveries after which a message is a suspect (tried alone).
+    pub max_deliver: i64,
+}
+
+/// The write guard: breaker, retries, write timeout.
+#[derive(Debug, Clone)]
+pub struct GuardSettings {
+    /// For the subject of an event the database rejected (it becomes a dead letter).
+    pub subject_prefix: String,
+    pub breaker_threshold: u32,
+    pub breaker_timeout: Duration,
+    /// Attempts per batch (`MAX_RETRIES`) and the first delay between them.
+    pub attempts: u32,
+    pub retry_delay: Duration,
+    pub write_timeout: Duration,
+}
+
+/// The write-ahead log.
+#[derive(Debug, Clone)]
+pub struct WalSettings {
+    pub path: PathBuf,
+    /// Size at which the active segment is sealed and a new one started.
+    pub segment_bytes: u64,
+    pub max_bytes: u64,
+}
+
+/// The health monitor and WAL replay.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplaySettings {
+    pub interval: Duration,
+    /// Records per transaction.
+    pub chunk: usize,
+    /// Chunks written at once.
+    pub lanes: usize,
+}
+
+/// Compaction and retention.
+#[derive(Debug, Clone, Copy)]
+pub struct HousekeepingSettings {
+    pub interval: Duration,
+    pub retention: Option<Duration>,
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub http_addr: SocketAddr,
+    pub max_body_bytes: usize,
+    pub publish_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_concurrent_publish: usize,
+    pub api_token: Option<String>,
+    pub metrics_max_topics: usize,
+    pub subject_prefix: String,
+    pub limits: Limits,
+}
+
+impl Settings {
+    pub fn from_config(c: &Config) -> Settings {
+        let limits = Limits {
+            max_payload_bytes: c.max_payload_bytes as usize,
+        };
+        let workers = usize::from(c.workers);
+        Settings {
+            store: StoreSettings {
+                database_url: c.database_url.clone(),
+                // One connection per worker plus room for the API, the monitor and
+                // housekeeping.
+                pool_size: u32::from(c.workers) + 6,
+            },
+            broker: BrokerSettings {
+                nats_url: c.nats_url.clone(),
+                stream_name: c.stream_name.clone(),
+                subject_prefix: c.subject_prefix.clone(),
+                consumer_name: c.consumer_name.clone(),
+                stream_replicas: c.stream_replicas,
+                ack_wait: c.ack_wait,
+                // The buffer plus every worker's batch in flight, with room to spare so
+                // intake never starves the workers.
+                max_ack_pending: i64::from(c.max_buffer_size)
+                    + 2 * i64::from(c.workers) * i64::from(c.batch_size),
+            },
+            intake: IntakeSettings {
+                subject_prefix: c.subject_prefix.clone(),
+                limits,
+                // A pull batch near a worker batch, within what one pull request sensibly
+                // carries: tiny pulls cost a round trip each, huge ones hold messages no
+                // worker can take yet.
+                pull_batch: (c.batch_size as usize).clamp(100, 2000),
+                workers,
+                buffer_per_worker: (c.max_buffer_size as usize / workers).max(1),
+            },
+            worker: WorkerSettings {
+                batch_size: c.batch_size as usize,
+                batch_timeout: c.batch_timeout,
+                max_deliver: c.max_deliver,
+            },
+            guard: GuardSettings {
+                subject_prefix: c.subject_prefix.clone(),
+                breaker_threshold: c.circuit_breaker_threshold,
+                breaker_timeout: c.circuit_breaker_timeout,
+                attempts: c.max_retries,
+                retry_delay: c.retry_delay,
+                write_timeout: c.write_timeout,
+            },
+            wal: WalSettings {
+                path: c.wal_path.clone(),
+                // Eight segments to the limit, so replay can free space segment by segment
+                // long before the limit; never tiny, never huge.
+                segment_bytes: (c.wal_max_size / 8).clamp(64 * 1024, 16 * 1024 * 1024),
+                max_bytes: c.wal_max_size,
+            },
+            replay: ReplaySettings {
+                interval: c.health_check_interval,
+                chunk: c.replay_batch as usize,
+                lanes: workers,
+            },
+            housekeeping: HousekeepingSettings {
+                interval: c.compact_interval,
+                retention: c.retention,
+            },
+            api: ApiSettings {
+                http_addr: c.http_addr,
+                max_body_bytes: usize::try_from(c.max_body_bytes).unwrap_or(usize::MAX),
+                publish_timeout: c.publish_timeout,
+                request_timeout: c.request_timeout,
+                max_concurrent_publish: c.max_concurrent_publish as usize,
+                api_token: c.api_token.clone(),
+                metrics_max_topics: c.metrics_max_topics as usize,
+                subject_prefix: c.subject_prefix.clone(),
+                limits,
+            },
+        }
+    }
+}
