@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$minutes" ] || usage
 
-cargo build --workspace --bins
+cargo build --workspace --bins --features aggregator/failpoints
 target="${CARGO_TARGET_DIR:-target}"
 export IT_SKIP_BUILD=1
 exec "$target/debug/fault-checker" --minutes "$minutes" "${first[@]}"

@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-# Binaries first: integration tests run the real `aggregator` and `publisher` processes.
-cargo build --workspace --bins
+cargo clippy -p aggregator --features failpoints -- -D warnings
+# Binaries first: integration tests run the real `aggregator` and `publisher` processes, the
+# aggregator with its test-only fault injection (AGGREGATOR_FAILPOINT) compiled in.
+cargo build --workspace --bins --features aggregator/failpoints
 # The tests use exactly these binaries (no rebuild from inside the test run).
 export IT_SKIP_BUILD=1
 if cargo nextest --version >/dev/null 2>&1; then

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod failpoint;
 pub mod guard;
 pub mod housekeeping;
 pub mod intake;

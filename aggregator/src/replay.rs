@@ -18,7 +18,7 @@
 //! Records of a stream incarnation the database does not know keep their segment, loudly.
 
 use crate::guard::breaker::{Permit, State};
-use crate::guard::{Durable, Settled, WriteFailure, WriteGuard};
+use crate::guard::{Commit, WriteFailure, WriteGuard};
 use crate::settings::ReplaySettings;
 use crate::shutdown::CancellationToken;
 use crate::store::batch::{BatchOutcome, COUNTER_SHARDS};
@@ -151,9 +151,9 @@ impl Monitor {
             Permit::Probe => {
                 if let Some(first) = chunks.next() {
                     match self.write_chunk(0, first).await {
-                        Ok(settled) => {
+                        Ok(commit) => {
                             self.guard.breaker.on_success();
-                            self.committed(first.len(), &settled);
+                            self.committed(first.len(), &commit);
                         }
                         Err(failure) => return Ok(self.failed(segment, failure, true)),
                     }
@@ -174,9 +174,9 @@ impl Monitor {
         let mut failure = None;
         while let Some((n, result)) = writes.next().await {
             match result {
-                Ok(settled) => {
+                Ok(commit) => {
                     self.guard.breaker.on_success();
-                    self.committed(n, &settled);
+                    self.committed(n, &commit);
                 }
                 Err(f) => failure = Some(f),
             }
@@ -232,14 +232,12 @@ impl Monitor {
         }
     }
 
-    fn committed(&self, records: usize, settled: &Settled) {
-        if let Durable::Committed(o) = &settled.durable {
-            (self.on_commit)(o);
-        }
+    fn committed(&self, records: usize, commit: &Commit) {
+        (self.on_commit)(&commit.outcome);
         metrics::counter!(names::WAL_REPLAYED).increment(records as u64);
     }
 
-    async fn write_chunk(&self, lane: usize, part: &[WalEntry]) -> Result<Settled, WriteFailure> {
+    async fn write_chunk(&self, lane: usize, part: &[WalEntry]) -> Result<Commit, WriteFailure> {
         let (records, dead) = WalEntry::split(part.iter().cloned());
         let shard = ((self.first_shard as usize + lane) % usize::from(COUNTER_SHARDS)) as i16;
         self.guard.write(shard, &records, &dead).await

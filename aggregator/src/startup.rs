@@ -8,6 +8,7 @@
 //! acknowledgements are flushed to NATS, and the HTTP server closes.
 
 use crate::api::state::{AppState, SharedState};
+use crate::failpoint::Failpoint;
 use crate::guard::WriteGuard;
 use crate::intake::{BufferCount, Delivery, Intake};
 use crate::replay::Monitor;
@@ -19,7 +20,7 @@ use crate::store::Store;
 use crate::subscription::{self, Subscription};
 use crate::telemetry::{names, TopicLabels};
 use crate::wal::{Recovery, Wal};
-use crate::worker::{self, Failpoint, Worker};
+use crate::worker::{self, Worker};
 use crate::{api, broker, housekeeping};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;

@@ -10,6 +10,7 @@
 //! through the [`WriteGuard`]: retries, circuit breaker, WAL. Nothing is acknowledged before
 //! it is durable (committed, or fsynced to the WAL).
 
+use crate::failpoint::Failpoint;
 use crate::guard::{Durable, WriteGuard};
 use crate::intake::BufferCount;
 use crate::intake::Delivery;
@@ -22,53 +23,9 @@ use crate::telemetry::TopicLabels;
 use async_nats::jetstream::AckKind;
 use futures::future::BoxFuture;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// Test-only fault injection through `AGGREGATOR_FAILPOINT`:
-/// * `abort-after-commit:N` aborts the process right after the N-th batch commit, before its
-///   messages are acknowledged (a crash between commit and ack must never double-count);
-/// * `abort-on-event:ID` aborts whenever an event with that id is about to be written (a
-///   poison message that crashes the process must not loop forever).
-#[derive(Debug, Default)]
-pub struct Failpoint {
-    abort_after_commit: Option<u64>,
-    abort_on_event: Option<String>,
-    commits: AtomicU64,
-}
-
-impl Failpoint {
-    pub fn from_env() -> Self {
-        let spec = std::env::var("AGGREGATOR_FAILPOINT").unwrap_or_default();
-        Self {
-            abort_after_commit: spec
-                .strip_prefix("abort-after-commit:")
-                .and_then(|n| n.parse().ok()),
-            abort_on_event: spec.strip_prefix("abort-on-event:").map(str::to_owned),
-            commits: AtomicU64::new(0),
-        }
-    }
-
-    fn before_write(&self, records: &[Record]) {
-        if let Some(id) = &self.abort_on_event {
-            if records.iter().any(|r| r.event.event_id() == id) {
-                tracing::error!("failpoint abort-on-event:{id} reached; aborting");
-                std::process::abort();
-            }
-        }
-    }
-
-    fn after_commit(&self) {
-        if let Some(n) = self.abort_after_commit {
-            if self.commits.fetch_add(1, Ordering::SeqCst) + 1 == n {
-                tracing::error!("failpoint abort-after-commit:{n} reached; aborting before ack");
-                std::process::abort();
-            }
-        }
-    }
-}
 
 pub struct Worker {
     pub id: u16,
@@ -167,56 +124,67 @@ impl Worker {
                 }
             })
         };
-        let settled = self
+        let durable = self
             .guard
             .make_durable(self.shard, &records, &dead, &keepalive, &self.shutdown)
             .await;
-        let Some(settled) = settled else {
+        let Some(durable) = durable else {
             // Shutting down with nowhere durable to put the batch: JetStream keeps it.
             for d in &group {
                 let _ = d.msg.ack_with(AckKind::Nak(None)).await;
             }
             return;
         };
-        if let Durable::Committed(outcome) = &settled.durable {
+        if let Durable::Committed(commit) = &durable {
             self.failpoint.after_commit();
-            record_outcome_metrics(&self.labels, outcome);
+            record_outcome_metrics(&self.labels, &commit.outcome);
         }
-        // Follow one event from publish to commit: its trace context is on this event (and in
-        // its stored row). Debug level: cheap when disabled.
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let how = match settled.durable {
-                Durable::Committed(_) => "committed",
-                Durable::Logged => "logged to WAL",
-            };
-            for r in &records {
-                tracing::debug!(
-                    topic = r.event.topic(),
-                    event_id = r.event.event_id(),
-                    stream_seq = r.seq,
-                    traceparent = r.traceparent.as_deref().unwrap_or(""),
-                    how,
-                    "event durable"
-                );
-            }
-        }
+        trace_durable(&records, &durable);
         record_batch_metrics(&group);
-        let dead: HashSet<MessageKey> = settled.dead.into_iter().collect();
-        for d in &group {
-            let key = MessageKey {
-                stream_id: d.stream_id,
-                seq: d.seq,
-            };
-            let kind = if dead.contains(&key) {
-                AckKind::Term
-            } else {
-                AckKind::Ack
-            };
-            if let Err(e) = d.msg.ack_with(kind).await {
-                // The message is durable; if the ack is lost it is redelivered and then
-                // recognised as already processed.
-                tracing::debug!(error = %e, seq = d.seq, "ack failed");
-            }
+        acknowledge(&group, durable.dead()).await;
+    }
+}
+
+/// Follows each event from publish to commit: its trace context is on this log line (and in
+/// its stored row). Debug level: cheap when disabled.
+fn trace_durable(records: &[Record], durable: &Durable) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let how = match durable {
+        Durable::Committed(_) => "committed",
+        Durable::Logged { .. } => "logged to WAL",
+    };
+    for r in records {
+        tracing::debug!(
+            topic = r.event.topic(),
+            event_id = r.event.event_id(),
+            stream_seq = r.seq,
+            traceparent = r.traceparent.as_deref().unwrap_or(""),
+            how,
+            "event durable"
+        );
+    }
+}
+
+/// Acknowledges a durable group: dead letters are terminated (never redelivered), the rest
+/// acknowledged.
+async fn acknowledge(group: &[&Delivery], dead: &[MessageKey]) {
+    let dead: HashSet<&MessageKey> = dead.iter().collect();
+    for d in group {
+        let key = MessageKey {
+            stream_id: d.stream_id,
+            seq: d.seq,
+        };
+        let kind = if dead.contains(&key) {
+            AckKind::Term
+        } else {
+            AckKind::Ack
+        };
+        if let Err(e) = d.msg.ack_with(kind).await {
+            // The message is durable; if the ack is lost it is redelivered and then
+            // recognised as already processed.
+            tracing::debug!(error = %e, seq = d.seq, "ack failed");
         }
     }
 }

@@ -84,9 +84,18 @@ fn build(package: &str, bin: &str, profile_dir: &Path) {
         Some(other) => other.to_string(),
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    eprintln!("integration-tests: cargo build -p {package} --bin {bin} --profile {profile}");
+    // The aggregator's test-only fault injection (AGGREGATOR_FAILPOINT) is a cargo feature.
+    let features: &[&str] = if package == "aggregator" {
+        &["--features", "failpoints"]
+    } else {
+        &[]
+    };
+    eprintln!(
+        "integration-tests: cargo build -p {package} --bin {bin} --profile {profile} {features:?}"
+    );
     let out = Command::new(&cargo)
         .args(["build", "-p", package, "--bin", bin, "--profile", &profile])
+        .args(features)
         .current_dir(workspace_root())
         .output()
         .unwrap_or_else(|e| panic!("spawn {cargo}: {e}"));

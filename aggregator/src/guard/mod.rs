@@ -38,22 +38,34 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How a batch became durable.
+/// A batch committed in Postgres.
 #[derive(Debug)]
-pub enum Durable {
-    /// Committed in Postgres.
-    Committed(BatchOutcome),
-    /// Appended to the WAL (to be replayed and counted later).
-    Logged,
-}
-
-/// The outcome of [`WriteGuard::make_durable`].
-#[derive(Debug)]
-pub struct Settled {
-    pub durable: Durable,
+pub struct Commit {
+    /// What it counted.
+    pub outcome: BatchOutcome,
     /// Messages that ended as dead letters (to terminate rather than acknowledge), including
     /// any the database rejected.
     pub dead: Vec<MessageKey>,
+}
+
+/// How a batch became durable: the outcome of [`WriteGuard::make_durable`].
+#[derive(Debug)]
+pub enum Durable {
+    Committed(Commit),
+    /// Appended to the WAL (to be replayed and counted later); `dead`: its dead letters.
+    Logged {
+        dead: Vec<MessageKey>,
+    },
+}
+
+impl Durable {
+    /// Messages to terminate rather than acknowledge.
+    pub fn dead(&self) -> &[MessageKey] {
+        match self {
+            Durable::Committed(c) => &c.dead,
+            Durable::Logged { dead } => dead,
+        }
+    }
 }
 
 pub struct WriteGuard {
@@ -189,7 +201,7 @@ impl WriteGuard {
         dead: &[DeadLetter],
         keepalive: &(dyn Fn() -> futures::future::BoxFuture<'a, ()> + Sync),
         shutdown: &CancellationToken,
-    ) -> Option<Settled> {
+    ) -> Option<Durable> {
         let mut wal_failures = 0u32;
         loop {
             let attempts = match self.breaker.permit() {
@@ -197,16 +209,15 @@ impl WriteGuard {
                 Permit::Probe => 1,
                 Permit::Refused => 0,
             };
-            if let Some(settled) = self
+            if let Some(commit) = self
                 .attempt(shard, records, dead, attempts, keepalive, shutdown)
                 .await
             {
-                return Some(settled);
+                return Some(Durable::Committed(commit));
             }
             match self.append_to_wal(records, dead).await {
                 Ok(()) => {
-                    return Some(Settled {
-                        durable: Durable::Logged,
+                    return Some(Durable::Logged {
                         dead: dead.iter().map(DeadLetter::key).collect(),
                     })
                 }
@@ -241,12 +252,12 @@ impl WriteGuard {
         attempts: u32,
         keepalive: &(dyn Fn() -> futures::future::BoxFuture<'a, ()> + Sync),
         shutdown: &CancellationToken,
-    ) -> Option<Settled> {
+    ) -> Option<Commit> {
         for attempt in 1..=attempts {
             match self.write(shard, records, dead).await {
-                Ok(settled) => {
+                Ok(commit) => {
                     self.breaker.on_success();
-                    return Some(settled);
+                    return Some(commit);
                 }
                 Err(WriteFailure::Unavailable(err)) => {
                     self.breaker.on_failure();
@@ -286,7 +297,7 @@ impl WriteGuard {
         shard: i16,
         records: &[Record],
         dead: &[DeadLetter],
-    ) -> Result<Settled, WriteFailure> {
+    ) -> Result<Commit, WriteFailure> {
         match tokio::time::timeout(
             self.write_timeout,
             write_isolating(&self.store, &self.subject_prefix, shard, records, dead),
@@ -325,11 +336,11 @@ fn write_isolating<'a>(
     shard: i16,
     records: &'a [Record],
     dead: &'a [DeadLetter],
-) -> Pin<Box<dyn Future<Output = Result<Settled, WriteFailure>> + Send + 'a>> {
+) -> Pin<Box<dyn Future<Output = Result<Commit, WriteFailure>> + Send + 'a>> {
     Box::pin(async move {
         let started = std::time::Instant::now();
-        let committed = |outcome: BatchOutcome, dead: &[DeadLetter]| Settled {
-            durable: Durable::Committed(outcome),
+        let committed = |outcome: BatchOutcome, dead: &[DeadLetter]| Commit {
+            outcome,
             dead: dead.iter().map(DeadLetter::key).collect(),
         };
         let err = match store.write_batch(shard, records, dead).await {
@@ -380,23 +391,12 @@ fn write_isolating<'a>(
     })
 }
 
-/// Two committed halves of a split batch as one outcome.
-fn merge(a: Settled, b: Settled) -> Settled {
-    let outcome = a.outcome().merged(b.outcome());
+/// Two committed parts of a split batch as one commit.
+fn merge(a: Commit, b: Commit) -> Commit {
     let mut dead = a.dead;
     dead.extend(b.dead);
-    Settled {
-        durable: Durable::Committed(outcome),
+    Commit {
+        outcome: a.outcome.merged(b.outcome),
         dead,
-    }
-}
-
-impl Settled {
-    /// The committed outcome (empty for a batch that went to the WAL).
-    pub fn outcome(&self) -> BatchOutcome {
-        match &self.durable {
-            Durable::Committed(o) => o.clone(),
-            Durable::Logged => BatchOutcome::default(),
-        }
     }
 }

@@ -1,0 +1,67 @@
+//! Test-only fault injection through `AGGREGATOR_FAILPOINT`, compiled in only with the
+//! `failpoints` cargo feature (the test suite builds the binary with it): a release build has
+//! no way for an environment variable to make it abort.
+//!
+//! * `abort-after-commit:N` aborts the process right after the N-th batch commit, before its
+//!   messages are acknowledged (a crash between commit and ack must never double-count);
+//! * `abort-on-event:ID` aborts whenever an event with that id is about to be written (a
+//!   poison message that crashes the process must not loop forever).
+
+use crate::message::Record;
+
+#[cfg(feature = "failpoints")]
+#[derive(Debug, Default)]
+pub struct Failpoint {
+    abort_after_commit: Option<u64>,
+    abort_on_event: Option<String>,
+    commits: std::sync::atomic::AtomicU64,
+}
+
+#[cfg(feature = "failpoints")]
+impl Failpoint {
+    pub fn from_env() -> Self {
+        let spec = std::env::var("AGGREGATOR_FAILPOINT").unwrap_or_default();
+        Self {
+            abort_after_commit: spec
+                .strip_prefix("abort-after-commit:")
+                .and_then(|n| n.parse().ok()),
+            abort_on_event: spec.strip_prefix("abort-on-event:").map(str::to_owned),
+            commits: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn before_write(&self, records: &[Record]) {
+        if let Some(id) = &self.abort_on_event {
+            if records.iter().any(|r| r.event.event_id() == id) {
+                tracing::error!("failpoint abort-on-event:{id} reached; aborting");
+                std::process::abort();
+            }
+        }
+    }
+
+    pub fn after_commit(&self) {
+        use std::sync::atomic::Ordering;
+        if let Some(n) = self.abort_after_commit {
+            if self.commits.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                tracing::error!("failpoint abort-after-commit:{n} reached; aborting before ack");
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// Without the feature: nothing, whatever the environment says.
+#[cfg(not(feature = "failpoints"))]
+#[derive(Debug, Default)]
+pub struct Failpoint;
+
+#[cfg(not(feature = "failpoints"))]
+impl Failpoint {
+    pub fn from_env() -> Self {
+        Self
+    }
+
+    pub fn before_write(&self, _records: &[Record]) {}
+
+    pub fn after_commit(&self) {}
+}
