@@ -142,25 +142,46 @@ impl Monitor {
         let Some(salvage) = self.salvage(&read.damaged).await else {
             return Ok(SegmentReplay::Later);
         };
-        entries.extend(salvage.recovered);
+        entries.extend(salvage.recovered.iter().cloned());
+        if let Err(ended) = self.write_entries(segment, &entries).await {
+            return Ok(ended);
+        }
+        // Everything is committed: the damaged lines can leave the segment now.
+        let damaged = read.damaged;
+        let corrupt = damaged.len() as u64;
+        self.guard
+            .with_wal(move |wal| {
+                wal.quarantine(&damaged)?;
+                wal.remove_segment(segment)
+            })
+            .await?;
+        salvage.report(corrupt);
+        tracing::info!(
+            segment,
+            records = entries.len(),
+            corrupt,
+            "WAL segment replayed and removed"
+        );
+        Ok(SegmentReplay::Done(entries.len() as u64))
+    }
 
-        // The breaker decides as for a live batch: OPEN writes nothing; the probe goes alone.
-        let mut chunks = entries.chunks(self.settings.chunk.max(1)).peekable();
+    /// Writes a segment's entries in chunks, through the breaker as a live batch would be: OPEN
+    /// writes nothing, the HALF_OPEN probe goes alone. `Err`: how the segment's replay ends
+    /// for now.
+    async fn write_entries(&self, segment: u64, entries: &[WalEntry]) -> Result<(), SegmentReplay> {
+        let mut chunks = entries.chunks(self.settings.chunk.max(1));
         match self.guard.breaker.permit() {
-            Permit::Refused => return Ok(SegmentReplay::Later),
-            Permit::Probe => {
-                if let Some(first) = chunks.next() {
-                    match self.write_chunk(0, first).await {
-                        Ok(commit) => {
-                            self.guard.breaker.on_success();
-                            self.committed(first.len(), &commit);
-                        }
-                        Err(failure) => return Ok(self.failed(segment, failure, true)),
+            Permit::Refused => return Err(SegmentReplay::Later),
+            Permit::Probe => match chunks.next() {
+                Some(first) => match self.write_chunk(0, first).await {
+                    Ok(commit) => {
+                        self.guard.breaker.on_success();
+                        self.committed(first.len(), &commit);
                     }
-                } else {
-                    self.guard.breaker.release_probe();
-                }
-            }
+                    Err(failure) => return Err(self.failed(segment, failure, true)),
+                },
+                None => self.guard.breaker.release_probe(),
+            },
             Permit::Write => {}
         }
         // Chunks are independent and idempotent: write several at once, each on its own
@@ -181,35 +202,10 @@ impl Monitor {
                 Err(f) => failure = Some(f),
             }
         }
-        drop(writes);
-        if let Some(f) = failure {
-            return Ok(self.failed(segment, f, false));
+        match failure {
+            Some(f) => Err(self.failed(segment, f, false)),
+            None => Ok(()),
         }
-
-        // Everything is committed: the damaged lines can leave the segment now.
-        let damaged = read.damaged;
-        let corrupt = damaged.len() as u64;
-        self.guard
-            .with_wal(move |wal| {
-                wal.quarantine(&damaged)?;
-                wal.remove_segment(segment)
-            })
-            .await?;
-        metrics::counter!(names::WAL_CORRUPT).increment(corrupt);
-        metrics::counter!(names::WAL_RECOVERED).increment(salvage.recovered_count);
-        metrics::counter!(names::WAL_UNRECOVERABLE).increment(salvage.lost.len() as u64);
-        for (at, why) in &salvage.lost {
-            tracing::error!(segment = at.segment, line = at.line_no, stream_id = at.sid,
-                stream_seq = at.seq, error = %why,
-                "damaged WAL record could not be recovered; its line is in quarantine.jsonl");
-        }
-        tracing::info!(
-            segment,
-            records = entries.len(),
-            corrupt,
-            "WAL segment replayed and removed"
-        );
-        Ok(SegmentReplay::Done(entries.len() as u64))
     }
 
     /// Reports a failed write of a segment's chunk.
@@ -262,7 +258,6 @@ impl Monitor {
                         "damaged WAL record fetched again from JetStream"
                     );
                     out.recovered.push(entry);
-                    out.recovered_count += 1;
                 }
                 Err(FetchError::Unavailable(e)) => {
                     tracing::warn!(segment = at.segment, line = at.line_no, stream_seq = at.seq, error = %e,
@@ -280,7 +275,20 @@ impl Monitor {
 #[derive(Default)]
 struct Salvage {
     recovered: Vec<WalEntry>,
-    recovered_count: u64,
     /// Damaged pieces whose message is gone for good, and why.
     lost: Vec<(CorruptEntry, String)>,
+}
+
+impl Salvage {
+    /// Once the segment is replayed: `corrupt` damaged pieces, what was recovered and lost.
+    fn report(&self, corrupt: u64) {
+        metrics::counter!(names::WAL_CORRUPT).increment(corrupt);
+        metrics::counter!(names::WAL_RECOVERED).increment(self.recovered.len() as u64);
+        metrics::counter!(names::WAL_UNRECOVERABLE).increment(self.lost.len() as u64);
+        for (at, why) in &self.lost {
+            tracing::error!(segment = at.segment, line = at.line_no, stream_id = at.sid,
+                stream_seq = at.seq, error = %why,
+                "damaged WAL record could not be recovered; its line is in quarantine.jsonl");
+        }
+    }
 }

@@ -121,39 +121,10 @@ pub struct ApiSettings {
 
 impl Settings {
     pub fn from_config(c: &Config) -> Settings {
-        let limits = Limits {
-            max_payload_bytes: c.max_payload_bytes as usize,
-        };
-        let workers = usize::from(c.workers);
         Settings {
-            store: StoreSettings {
-                database_url: c.database_url.clone(),
-                // One connection per worker plus room for the API, the monitor and
-                // housekeeping.
-                pool_size: u32::from(c.workers) + 6,
-            },
-            broker: BrokerSettings {
-                nats_url: c.nats_url.clone(),
-                stream_name: c.stream_name.clone(),
-                subject_prefix: c.subject_prefix.clone(),
-                consumer_name: c.consumer_name.clone(),
-                stream_replicas: c.stream_replicas,
-                ack_wait: c.ack_wait,
-                // The buffer plus every worker's batch in flight, with room to spare so
-                // intake never starves the workers.
-                max_ack_pending: i64::from(c.max_buffer_size)
-                    + 2 * i64::from(c.workers) * i64::from(c.batch_size),
-            },
-            intake: IntakeSettings {
-                subject_prefix: c.subject_prefix.clone(),
-                limits,
-                // A pull batch near a worker batch, within what one pull request sensibly
-                // carries: tiny pulls cost a round trip each, huge ones hold messages no
-                // worker can take yet.
-                pull_batch: (c.batch_size as usize).clamp(100, 2000),
-                workers,
-                buffer_per_worker: (c.max_buffer_size as usize / workers).max(1),
-            },
+            store: StoreSettings::from_config(c),
+            broker: BrokerSettings::from_config(c),
+            intake: IntakeSettings::from_config(c),
             worker: WorkerSettings {
                 batch_size: c.batch_size as usize,
                 batch_timeout: c.batch_timeout,
@@ -167,33 +138,94 @@ impl Settings {
                 retry_delay: c.retry_delay,
                 write_timeout: c.write_timeout,
             },
-            wal: WalSettings {
-                path: c.wal_path.clone(),
-                // Eight segments to the limit, so replay can free space segment by segment
-                // long before the limit; never tiny, never huge.
-                segment_bytes: (c.wal_max_size / 8).clamp(64 * 1024, 16 * 1024 * 1024),
-                max_bytes: c.wal_max_size,
-            },
+            wal: WalSettings::from_config(c),
             replay: ReplaySettings {
                 interval: c.health_check_interval,
                 chunk: c.replay_batch as usize,
-                lanes: workers,
+                lanes: usize::from(c.workers),
             },
             housekeeping: HousekeepingSettings {
                 interval: c.compact_interval,
                 retention: c.retention,
             },
-            api: ApiSettings {
-                http_addr: c.http_addr,
-                max_body_bytes: usize::try_from(c.max_body_bytes).unwrap_or(usize::MAX),
-                publish_timeout: c.publish_timeout,
-                request_timeout: c.request_timeout,
-                max_concurrent_publish: c.max_concurrent_publish as usize,
-                api_token: c.api_token.clone(),
-                metrics_max_topics: c.metrics_max_topics as usize,
-                subject_prefix: c.subject_prefix.clone(),
-                limits,
-            },
+            api: ApiSettings::from_config(c),
+        }
+    }
+}
+
+fn limits(c: &Config) -> Limits {
+    Limits {
+        max_payload_bytes: c.max_payload_bytes as usize,
+    }
+}
+
+impl StoreSettings {
+    fn from_config(c: &Config) -> Self {
+        Self {
+            database_url: c.database_url.clone(),
+            // One connection per worker plus room for the API, the monitor and housekeeping.
+            pool_size: u32::from(c.workers) + 6,
+        }
+    }
+}
+
+impl BrokerSettings {
+    fn from_config(c: &Config) -> Self {
+        Self {
+            nats_url: c.nats_url.clone(),
+            stream_name: c.stream_name.clone(),
+            subject_prefix: c.subject_prefix.clone(),
+            consumer_name: c.consumer_name.clone(),
+            stream_replicas: c.stream_replicas,
+            ack_wait: c.ack_wait,
+            // The buffer plus every worker's batch in flight, with room to spare so intake
+            // never starves the workers.
+            max_ack_pending: i64::from(c.max_buffer_size)
+                + 2 * i64::from(c.workers) * i64::from(c.batch_size),
+        }
+    }
+}
+
+impl IntakeSettings {
+    fn from_config(c: &Config) -> Self {
+        let workers = usize::from(c.workers);
+        Self {
+            subject_prefix: c.subject_prefix.clone(),
+            limits: limits(c),
+            // A pull batch near a worker batch, within what one pull request sensibly
+            // carries: tiny pulls cost a round trip each, huge ones hold messages no worker
+            // can take yet.
+            pull_batch: (c.batch_size as usize).clamp(100, 2000),
+            workers,
+            buffer_per_worker: (c.max_buffer_size as usize / workers).max(1),
+        }
+    }
+}
+
+impl WalSettings {
+    fn from_config(c: &Config) -> Self {
+        Self {
+            path: c.wal_path.clone(),
+            // Eight segments to the limit, so replay can free space segment by segment long
+            // before the limit; never tiny, never huge.
+            segment_bytes: (c.wal_max_size / 8).clamp(64 * 1024, 16 * 1024 * 1024),
+            max_bytes: c.wal_max_size,
+        }
+    }
+}
+
+impl ApiSettings {
+    fn from_config(c: &Config) -> Self {
+        Self {
+            http_addr: c.http_addr,
+            max_body_bytes: usize::try_from(c.max_body_bytes).unwrap_or(usize::MAX),
+            publish_timeout: c.publish_timeout,
+            request_timeout: c.request_timeout,
+            max_concurrent_publish: c.max_concurrent_publish as usize,
+            api_token: c.api_token.clone(),
+            metrics_max_topics: c.metrics_max_topics as usize,
+            subject_prefix: c.subject_prefix.clone(),
+            limits: limits(c),
         }
     }
 }

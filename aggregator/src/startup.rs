@@ -199,28 +199,7 @@ impl Components {
         let offset = rand::random::<u16>() % COUNTER_SHARDS;
         let shard = |i: usize| ((usize::from(offset) + i) % usize::from(COUNTER_SHARDS)) as i16;
         let labels = Arc::new(TopicLabels::new(settings.api.metrics_max_topics));
-        let failpoint = Arc::new(Failpoint::from_env());
-        let solo = Arc::new(tokio::sync::RwLock::new(()));
-        let workers = rxs
-            .into_iter()
-            .enumerate()
-            .map(|(i, rx)| {
-                let worker = Worker {
-                    id: i as u16,
-                    shard: shard(i),
-                    settings: settings.worker,
-                    buffered: buffered.clone(),
-                    labels: labels.clone(),
-                    guard: guard.clone(),
-                    rx,
-                    shutdown: shutdown.clone(),
-                    failpoint: failpoint.clone(),
-                    solo: solo.clone(),
-                };
-                tokio::spawn(worker.run())
-            })
-            .collect();
-
+        let workers = spawn_workers(settings, rxs, &guard, &buffered, &labels, shutdown, shard);
         let source = Arc::new(JetStreamSource::new(
             async_nats::jetstream::new(client.clone()),
             store.clone(),
@@ -259,6 +238,40 @@ impl Components {
         let _ = self.housekeeping.await;
         let _ = self.monitor.await;
     }
+}
+
+/// One worker per buffer, each on its own counter shard.
+fn spawn_workers(
+    settings: &Settings,
+    buffers: Vec<mpsc::Receiver<Delivery>>,
+    guard: &Arc<WriteGuard>,
+    buffered: &BufferCount,
+    labels: &Arc<TopicLabels>,
+    shutdown: &CancellationToken,
+    shard: impl Fn(usize) -> i16,
+) -> Vec<JoinHandle<()>> {
+    // Shared by every worker: one failpoint set-up, one lock for a suspect's solo attempt.
+    let failpoint = Arc::new(Failpoint::from_env());
+    let solo = Arc::new(tokio::sync::RwLock::new(()));
+    buffers
+        .into_iter()
+        .enumerate()
+        .map(|(i, rx)| {
+            let worker = Worker {
+                id: i as u16,
+                shard: shard(i),
+                settings: settings.worker,
+                buffered: buffered.clone(),
+                labels: labels.clone(),
+                guard: guard.clone(),
+                rx,
+                shutdown: shutdown.clone(),
+                failpoint: failpoint.clone(),
+                solo: solo.clone(),
+            };
+            tokio::spawn(worker.run())
+        })
+        .collect()
 }
 
 fn report_recovery(r: &Recovery) {

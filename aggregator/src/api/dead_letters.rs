@@ -7,6 +7,7 @@
 
 use super::state::SharedState;
 use super::{query, ApiError};
+use crate::store::queries::StoredDeadLetter;
 use axum::extract::{RawQuery, State};
 use axum::Json;
 use base64::Engine;
@@ -37,8 +38,21 @@ pub async fn list(
     State(state): State<SharedState>,
     RawQuery(raw_query): RawQuery,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
+    let (limit, after, include_redriven) = parse_query(raw_query.as_deref())?;
+    let rows = state
+        .store()?
+        .list_dead_letters(after, limit + 1, include_redriven)
+        .await
+        .map_err(ApiError::from_db)?;
+    let (rows, next) = query::page(rows, limit, |r| format!("dl{}", r.id));
+    let dead_letters = rows.into_iter().map(item).collect();
+    Ok(Json(DeadLetterPage { dead_letters, next }))
+}
+
+/// `(limit, after, include_redriven)` from the query string.
+fn parse_query(raw_query: Option<&str>) -> Result<(i64, Option<i64>, bool), ApiError> {
     let (mut limit, mut after, mut include_redriven) = (query::DEFAULT_LIMIT, None, false);
-    for (key, value) in query::pairs(raw_query.as_deref())? {
+    for (key, value) in query::pairs(raw_query)? {
         match key.as_str() {
             "limit" => limit = query::limit(&value)?,
             "after" => {
@@ -64,36 +78,22 @@ pub async fn list(
             }
         }
     }
-    let store = state
-        .store
-        .get()
-        .ok_or_else(|| ApiError::unavailable("starting up: database not connected yet"))?;
-    let mut rows = store
-        .list_dead_letters(after, limit + 1, include_redriven)
-        .await
-        .map_err(ApiError::from_db)?;
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| format!("dl{}", r.id))
-    } else {
-        None
-    };
-    let dead_letters = rows
-        .into_iter()
-        .map(|r| DeadLetterItem {
-            id: r.id,
-            stream_seq: r.stream_seq,
-            subject: r.subject,
-            reason: r.reason,
-            created_at: r.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-            redriven_at: r
-                .redriven_at
-                .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true)),
-            raw_size: r.raw_size,
-            raw_truncated: (r.raw.len() as i64) < i64::from(r.raw_size),
-            raw_text: String::from_utf8_lossy(&r.raw).into_owned(),
-            raw_base64: base64::engine::general_purpose::STANDARD.encode(&r.raw),
-        })
-        .collect();
-    Ok(Json(DeadLetterPage { dead_letters, next }))
+    Ok((limit, after, include_redriven))
+}
+
+fn item(r: StoredDeadLetter) -> DeadLetterItem {
+    DeadLetterItem {
+        id: r.id,
+        stream_seq: r.stream_seq,
+        subject: r.subject,
+        reason: r.reason,
+        created_at: r.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        redriven_at: r
+            .redriven_at
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        raw_size: r.raw_size,
+        raw_truncated: (r.raw.len() as i64) < i64::from(r.raw_size),
+        raw_text: String::from_utf8_lossy(&r.raw).into_owned(),
+        raw_base64: base64::engine::general_purpose::STANDARD.encode(&r.raw),
+    }
 }

@@ -36,19 +36,14 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<EventPage>, ApiError> {
     let filter = parse_query(query.as_deref().unwrap_or(""))?;
-    let store = state
-        .store
-        .get()
-        .ok_or_else(|| ApiError::unavailable("starting up: database not connected yet"))?;
     let mut want = filter.clone();
     want.limit = filter.limit + 1;
-    let mut rows = store.list_events(&want).await.map_err(ApiError::from_db)?;
-    let next = if rows.len() as i64 > filter.limit {
-        rows.truncate(filter.limit as usize);
-        rows.last().map(|r| encode_cursor(r.ts, r.id))
-    } else {
-        None
-    };
+    let rows = state
+        .store()?
+        .list_events(&want)
+        .await
+        .map_err(ApiError::from_db)?;
+    let (rows, next) = query::page(rows, filter.limit, |r| encode_cursor(r.ts, r.id));
     Ok(Json(EventPage {
         events: rows.into_iter().filter_map(item).collect(),
         next,

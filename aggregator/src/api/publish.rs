@@ -49,70 +49,22 @@ pub async fn publish(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body is larger than MAX_BODY_BYTES ({} bytes)",
-                    state.settings.max_body_bytes
-                ),
-            )
-        } else {
-            ApiError::bad_field("body", rejection.body_text())
-        }
-    })?;
+    let body = body.map_err(|rejection| body_error(&rejection, state.settings.max_body_bytes))?;
     let events = parse_body(&body, &state.settings.limits)?;
-
-    let key = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(v) => match v.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => Some(k.to_owned()),
-            _ => {
-                return Err(ApiError::bad_field(
-                    "Idempotency-Key",
-                    format!("must be 1..={MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
-                ))
-            }
-        },
-    };
-
-    // W3C trace context: continue the caller's trace when it sent one, else start one; each
-    // event gets its own span id so it can be followed to its stored row.
-    let trace_id = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(shared::trace::parse)
-        .map(|t| t[3..35].to_owned())
-        .unwrap_or_else(|| random_hex(16));
-
+    let key = idempotency_key(&headers)?;
     let Some(js) = state.jetstream().filter(|_| state.nats_up()) else {
         return Err(ApiError::unavailable("NATS is unavailable; retry later"));
     };
-    let prefix = &state.settings.subject_prefix;
-    let publishing = async {
-        let mut acks = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            let subject = shared::subject::subject_for(prefix, event.topic());
-            let mut headers = async_nats::HeaderMap::new();
-            if let Some(k) = &key {
-                headers.insert("Nats-Msg-Id", format!("{k}:{i}").as_str());
-            }
-            headers.insert(
-                "traceparent",
-                format!("00-{trace_id}-{}-01", random_hex(8)).as_str(),
-            );
-            acks.push(
-                js.publish_with_headers(subject, headers, event.to_json().into())
-                    .await?,
-            );
-        }
-        try_join_all(acks.into_iter().map(|a| a.into_future()))
-            .await
-            .map_err(async_nats::Error::from)
-    };
+    let trace_id = trace_id(&headers);
+    let publishing = publish_all(
+        &js,
+        &state.settings.subject_prefix,
+        &events,
+        key.as_deref(),
+        &trace_id,
+    );
     match tokio::time::timeout(state.settings.publish_timeout, publishing).await {
-        Ok(Ok(_)) => {}
+        Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "publish to JetStream failed");
             return Err(ApiError::unavailable(format!(
@@ -131,6 +83,72 @@ pub async fn publish(
         StatusCode::ACCEPTED,
         Json(serde_json::json!({"status": "accepted", "accepted": events.len()})),
     ))
+}
+
+/// A body that could not be read: 413 over `MAX_BODY_BYTES`, else 400.
+fn body_error(rejection: &BytesRejection, max_body_bytes: usize) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than MAX_BODY_BYTES ({max_body_bytes} bytes)"),
+        )
+    } else {
+        ApiError::bad_field("body", rejection.body_text())
+    }
+}
+
+/// The `Idempotency-Key` header, if any; a 400 when it is empty, too long or not ASCII.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(k.to_owned())),
+        _ => Err(ApiError::bad_field(
+            "Idempotency-Key",
+            format!("must be 1..={MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )),
+    }
+}
+
+/// W3C trace context: the caller's trace id when it sent a `traceparent`, else a new one.
+fn trace_id(headers: &HeaderMap) -> String {
+    headers
+        .get(shared::trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(shared::trace::parse)
+        .map(|t| t[3..35].to_owned())
+        .unwrap_or_else(|| random_hex(16))
+}
+
+/// Publishes every event to its subject (`Nats-Msg-Id` `<key>:<i>` with a key), each with its
+/// own span id in the trace so it can be followed to its stored row, and waits for every
+/// PubAck.
+async fn publish_all(
+    js: &async_nats::jetstream::Context,
+    prefix: &str,
+    events: &[Event],
+    key: Option<&str>,
+    trace_id: &str,
+) -> Result<(), async_nats::Error> {
+    let mut acks = Vec::with_capacity(events.len());
+    for (i, event) in events.iter().enumerate() {
+        let subject = shared::subject::subject_for(prefix, event.topic());
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(k) = key {
+            headers.insert("Nats-Msg-Id", format!("{k}:{i}").as_str());
+        }
+        headers.insert(
+            shared::trace::HEADER,
+            format!("00-{trace_id}-{}-01", random_hex(8)).as_str(),
+        );
+        acks.push(
+            js.publish_with_headers(subject, headers, event.to_json().into())
+                .await?,
+        );
+    }
+    try_join_all(acks.into_iter().map(|a| a.into_future())).await?;
+    Ok(())
 }
 
 /// `n` random bytes as lowercase hex (never all zeros, which W3C reserves as invalid).

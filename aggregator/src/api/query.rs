@@ -21,6 +21,23 @@ pub fn pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
     Ok(pairs)
 }
 
+/// One page of `rows` fetched with `limit + 1` (the extra row only tells whether there is a
+/// next page): the rows kept, and the cursor of the next page made by `cursor` from the last
+/// row kept.
+pub fn page<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    cursor: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>) {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    if rows.len() <= limit {
+        return (rows, None);
+    }
+    rows.truncate(limit);
+    let next = rows.last().map(cursor);
+    (rows, next)
+}
+
 /// A page size: an integer from 1 to [`MAX_LIMIT`].
 pub fn limit(value: &str) -> Result<i64, ApiError> {
     value

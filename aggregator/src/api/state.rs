@@ -61,6 +61,13 @@ impl AppState {
             .map_or_else(GuardStatus::default, |g| g.status())
     }
 
+    /// The database, or a 503 while start-up has not connected it yet.
+    pub fn store(&self) -> Result<&Store, super::ApiError> {
+        self.store
+            .get()
+            .ok_or_else(|| super::ApiError::unavailable("starting up: database not connected yet"))
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

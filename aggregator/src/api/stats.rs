@@ -26,11 +26,7 @@ pub struct Stats {
 }
 
 pub async fn get_stats(State(state): State<SharedState>) -> Result<Json<Stats>, ApiError> {
-    let store = state
-        .store
-        .get()
-        .ok_or_else(|| ApiError::unavailable("starting up: database not connected yet"))?;
-    let totals = store.totals().await.map_err(ApiError::from_db)?;
+    let totals = state.store()?.totals().await.map_err(ApiError::from_db)?;
     let pending = match state.jetstream() {
         Some(js) => broker::consumer_pending(&js, &state.broker).await,
         None => None,

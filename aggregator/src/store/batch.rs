@@ -235,7 +235,6 @@ async fn write_batch_tx(
     records: &[Record],
     dead: &[DeadLetter],
 ) -> sqlx::Result<BatchOutcome> {
-    let (insert_events, insert_dead_letters) = statements();
     let mut outcome = BatchOutcome::default();
     if records.is_empty() && dead.is_empty() {
         return Ok(outcome);
@@ -245,66 +244,81 @@ async fn write_batch_tx(
         .bind(COMPACTION_LOCK)
         .execute(&mut *tx)
         .await?;
-
     if !records.is_empty() {
-        let n = records.len();
-        let mut stream_ids = Vec::with_capacity(n);
-        let mut seqs = Vec::with_capacity(n);
-        let mut topics = Vec::with_capacity(n);
-        let mut ids = Vec::with_capacity(n);
-        let mut ts: Vec<DateTime<Utc>> = Vec::with_capacity(n);
-        let mut sources = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        let mut traces = Vec::with_capacity(n);
-        for r in records {
-            stream_ids.push(r.stream_id);
-            seqs.push(r.seq);
-            topics.push(r.event.topic());
-            ids.push(r.event.event_id());
-            ts.push(r.event.timestamp());
-            sources.push(r.event.source());
-            payloads.push(r.event.payload_json());
-            traces.push(r.traceparent.as_deref());
-        }
-        let topics: Vec<TopicDelta> = sqlx::query_as(insert_events)
-            .bind(shard)
-            .bind(&stream_ids)
-            .bind(&seqs)
-            .bind(&topics)
-            .bind(&ids)
-            .bind(&ts)
-            .bind(&sources)
-            .bind(&payloads)
-            .bind(&traces)
-            .fetch_all(&mut *tx)
-            .await?;
+        let topics = insert_events(&mut tx, shard, records).await?;
         outcome.received = topics.iter().map(|t| t.received).sum();
         outcome.unique = topics.iter().map(|t| t.unique).sum();
-        outcome.already_processed = n as i64 - outcome.received;
+        outcome.already_processed = records.len() as i64 - outcome.received;
         outcome.topics = topics;
     }
-
     if !dead.is_empty() {
-        let stream_ids: Vec<i32> = dead.iter().map(|d| d.stream_id).collect();
-        let seqs: Vec<i64> = dead.iter().map(|d| d.seq).collect();
-        let subjects: Vec<&str> = dead.iter().map(|d| d.subject.as_str()).collect();
-        let raws: Vec<&[u8]> = dead.iter().map(|d| d.raw.as_slice()).collect();
-        let sizes: Vec<i32> = dead.iter().map(|d| d.raw_size).collect();
-        let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
-        let n: i64 = sqlx::query_scalar(insert_dead_letters)
-            .bind(shard)
-            .bind(&stream_ids)
-            .bind(&seqs)
-            .bind(&subjects)
-            .bind(&raws)
-            .bind(&sizes)
-            .bind(&reasons)
-            .fetch_one(&mut *tx)
-            .await?;
+        let n = insert_dead_letters(&mut tx, shard, dead).await?;
         outcome.dead_lettered = n;
         outcome.already_processed += dead.len() as i64 - n;
     }
-
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// The events statement, column by column: what it counted, per topic.
+async fn insert_events(
+    tx: &mut sqlx::PgConnection,
+    shard: i16,
+    records: &[Record],
+) -> sqlx::Result<Vec<TopicDelta>> {
+    let n = records.len();
+    let mut stream_ids = Vec::with_capacity(n);
+    let mut seqs = Vec::with_capacity(n);
+    let mut topics = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let mut ts: Vec<DateTime<Utc>> = Vec::with_capacity(n);
+    let mut sources = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut traces = Vec::with_capacity(n);
+    for r in records {
+        stream_ids.push(r.stream_id);
+        seqs.push(r.seq);
+        topics.push(r.event.topic());
+        ids.push(r.event.event_id());
+        ts.push(r.event.timestamp());
+        sources.push(r.event.source());
+        payloads.push(r.event.payload_json());
+        traces.push(r.traceparent.as_deref());
+    }
+    sqlx::query_as(&statements().0)
+        .bind(shard)
+        .bind(&stream_ids)
+        .bind(&seqs)
+        .bind(&topics)
+        .bind(&ids)
+        .bind(&ts)
+        .bind(&sources)
+        .bind(&payloads)
+        .bind(&traces)
+        .fetch_all(tx)
+        .await
+}
+
+/// The dead-letter statement: how many dead letters were recorded for the first time.
+async fn insert_dead_letters(
+    tx: &mut sqlx::PgConnection,
+    shard: i16,
+    dead: &[DeadLetter],
+) -> sqlx::Result<i64> {
+    let stream_ids: Vec<i32> = dead.iter().map(|d| d.stream_id).collect();
+    let seqs: Vec<i64> = dead.iter().map(|d| d.seq).collect();
+    let subjects: Vec<&str> = dead.iter().map(|d| d.subject.as_str()).collect();
+    let raws: Vec<&[u8]> = dead.iter().map(|d| d.raw.as_slice()).collect();
+    let sizes: Vec<i32> = dead.iter().map(|d| d.raw_size).collect();
+    let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+    sqlx::query_scalar(&statements().1)
+        .bind(shard)
+        .bind(&stream_ids)
+        .bind(&seqs)
+        .bind(&subjects)
+        .bind(&raws)
+        .bind(&sizes)
+        .bind(&reasons)
+        .fetch_one(tx)
+        .await
 }

@@ -101,35 +101,15 @@ async fn plan(
 /// Applies a planned step. Returns the rows deleted, or `None` when the step was not applied:
 /// the floor moved since the plan (another replica compacted) or the lock was not granted
 /// within `lock_timeout`.
-pub async fn apply(
-    pool: &PgPool,
-    plan: &Plan,
-    lock_timeout: Duration,
-) -> sqlx::Result<Option<u64>> {
+async fn apply(pool: &PgPool, plan: &Plan, lock_timeout: Duration) -> sqlx::Result<Option<u64>> {
     let mut tx = pool.begin().await?;
-    // SET cannot take a parameter; the value is a number we format ourselves.
-    sqlx::query(&format!(
-        "SET LOCAL lock_timeout = {}",
-        lock_timeout.as_millis().max(1)
-    ))
-    .execute(&mut *tx)
-    .await?;
-    match sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(COMPACTION_LOCK)
-        .execute(&mut *tx)
-        .await
-    {
-        Ok(_) => {}
-        // 55P03 lock_not_available: a writer holds the lock too long; try next round.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
-            tracing::warn!(
-                stream_id = plan.stream_id,
-                "compaction skipped: the compaction lock was not granted in time (a writer \
-                 holds it; a session left idle in a transaction?)"
-            );
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
+    if !lock_exclusively(&mut tx, lock_timeout).await? {
+        tracing::warn!(
+            stream_id = plan.stream_id,
+            "compaction skipped: the compaction lock was not granted in time (a writer holds \
+             it; a session left idle in a transaction?)"
+        );
+        return Ok(None);
     }
     let moved = sqlx::query("UPDATE streams SET floor_seq = $2 WHERE id = $1 AND floor_seq = $3")
         .bind(plan.stream_id)
@@ -144,19 +124,7 @@ pub async fn apply(
         tx.rollback().await?;
         return Ok(None);
     }
-    if !plan.skipped.is_empty() {
-        let (firsts, lasts): (Vec<i64>, Vec<i64>) = plan.skipped.iter().copied().unzip();
-        sqlx::query(
-            "INSERT INTO skipped_ranges (stream_id, first_seq, last_seq)
-             SELECT $1, f, l FROM unnest($2::bigint[], $3::bigint[]) AS r(f, l)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(plan.stream_id)
-        .bind(&firsts)
-        .bind(&lasts)
-        .execute(&mut *tx)
-        .await?;
-    }
+    record_skipped(&mut tx, plan).await?;
     // A record inside a skipped range (a late copy counted after the plan was made) stays:
     // at or below the floor, only it tells that copy was counted.
     let deleted = sqlx::query(
@@ -173,6 +141,50 @@ pub async fn apply(
     .rows_affected();
     tx.commit().await?;
     Ok(Some(deleted))
+}
+
+/// Takes the compaction lock exclusively for the transaction, waiting at most
+/// `lock_timeout`; `false` when it was not granted in time.
+async fn lock_exclusively(
+    tx: &mut sqlx::PgConnection,
+    lock_timeout: Duration,
+) -> sqlx::Result<bool> {
+    // SET cannot take a parameter; the value is a number we format ourselves.
+    sqlx::query(&format!(
+        "SET LOCAL lock_timeout = {}",
+        lock_timeout.as_millis().max(1)
+    ))
+    .execute(&mut *tx)
+    .await?;
+    match sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(COMPACTION_LOCK)
+        .execute(&mut *tx)
+        .await
+    {
+        Ok(_) => Ok(true),
+        // 55P03 lock_not_available.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records the plan's skipped gaps.
+async fn record_skipped(tx: &mut sqlx::PgConnection, plan: &Plan) -> sqlx::Result<()> {
+    if plan.skipped.is_empty() {
+        return Ok(());
+    }
+    let (firsts, lasts): (Vec<i64>, Vec<i64>) = plan.skipped.iter().copied().unzip();
+    sqlx::query(
+        "INSERT INTO skipped_ranges (stream_id, first_seq, last_seq)
+         SELECT $1, f, l FROM unnest($2::bigint[], $3::bigint[]) AS r(f, l)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(plan.stream_id)
+    .bind(&firsts)
+    .bind(&lasts)
+    .execute(tx)
+    .await
+    .map(|_| ())
 }
 
 /// Settings of a compaction pass.

@@ -1,7 +1,7 @@
 //! Recovery of one segment when the WAL is opened: what it holds, what is damaged, and the
 //! torn tail cut off the newest segment. See "Recovery" in the module documentation.
 
-use super::codec::scan;
+use super::codec::{scan, Scan};
 use super::segments::{append_quarantine, segment_path};
 use super::{io_err, Recovery, SegmentMeta, WalError};
 use std::fs::{self, OpenOptions};
@@ -18,28 +18,8 @@ pub(super) fn recover_segment(
     let path = segment_path(dir, segment);
     let bytes = fs::read(&path).map_err(io_err(&path))?;
     let scan = scan(&bytes);
-    // Only the newest segment can end in a torn append. Its tail is cut after the last line
-    // that holds something knowable (a valid entry, or a damaged one whose header names its
-    // message, which replay fetches again): what follows names nothing that could be saved.
     let keep_to = if newest {
-        let knowable_end = scan
-            .valid
-            .iter()
-            .map(|(_, r)| r.end)
-            .chain(
-                scan.bad
-                    .iter()
-                    .filter(|b| b.header.is_some())
-                    .map(|b| b.range.end),
-            )
-            .max();
-        match knowable_end {
-            None => 0,
-            Some(end) => match bytes[end..].iter().position(|&b| b == b'\n') {
-                Some(i) => end + i + 1,
-                None => bytes.len(),
-            },
-        }
+        knowable_end(&bytes, &scan)
     } else {
         bytes.len()
     };
@@ -53,28 +33,58 @@ pub(super) fn recover_segment(
         records += u64::from(at.seq.is_some());
         recovery.corrupt.push(at);
     }
-    let tail = &bytes[keep_to..];
-    if !tail.is_empty() {
-        tracing::warn!(segment, bytes = tail.len(), path = %path.display(),
-            "torn WAL tail cut off (never fsynced, so never acknowledged)");
-        if !tail.trim_ascii().is_empty() {
-            let mut quarantined = tail.to_vec();
-            if !tail.ends_with(b"\n") {
-                quarantined.push(b'\n');
-            }
-            append_quarantine(dir, &quarantined)?;
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        file.set_len(keep_to as u64)
-            .and_then(|()| file.sync_all())
-            .map_err(io_err(&path))?;
-        recovery.truncated_tail_bytes += tail.len() as u64;
+    if keep_to < bytes.len() {
+        cut_torn_tail(dir, segment, &bytes, keep_to)?;
+        recovery.truncated_tail_bytes += (bytes.len() - keep_to) as u64;
     }
     Ok(SegmentMeta {
         bytes: keep_to as u64,
         records,
     })
+}
+
+/// Where the newest segment's torn tail starts: after the last line that holds something
+/// knowable (a valid entry, or a damaged one whose header names its message, which replay
+/// fetches again). What follows names nothing that could be saved.
+fn knowable_end(bytes: &[u8], scan: &Scan) -> usize {
+    let knowable = scan
+        .valid
+        .iter()
+        .map(|(_, r)| r.end)
+        .chain(
+            scan.bad
+                .iter()
+                .filter(|b| b.header.is_some())
+                .map(|b| b.range.end),
+        )
+        .max();
+    match knowable {
+        None => 0,
+        Some(end) => match bytes[end..].iter().position(|&b| b == b'\n') {
+            Some(i) => end + i + 1,
+            None => bytes.len(),
+        },
+    }
+}
+
+/// Copies the torn tail (bytes from `keep_to` on) to the quarantine, then cuts it off.
+fn cut_torn_tail(dir: &Path, segment: u64, bytes: &[u8], keep_to: usize) -> Result<(), WalError> {
+    let path = segment_path(dir, segment);
+    let tail = &bytes[keep_to..];
+    tracing::warn!(segment, bytes = tail.len(), path = %path.display(),
+        "torn WAL tail cut off (never fsynced, so never acknowledged)");
+    if !tail.trim_ascii().is_empty() {
+        let mut quarantined = tail.to_vec();
+        if !tail.ends_with(b"\n") {
+            quarantined.push(b'\n');
+        }
+        append_quarantine(dir, &quarantined)?;
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    file.set_len(keep_to as u64)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(&path))
 }
