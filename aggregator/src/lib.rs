@@ -1,9 +1,11 @@
 //! The aggregator: consumes telemetry events from NATS JetStream and stores each distinct
 //! `(topic, event_id)` exactly once in PostgreSQL with exact counters.
 //!
-//! Data flows one way: [`intake`] (JetStream -> buffer) -> [`worker`] (batch, one
-//! transaction, ack after commit) -> [`store`] (the only SQL). [`api`] serves operators;
-//! [`startup`] wires the parts together and [`shutdown`] stops them in order.
+//! Data flows one way: [`intake`] (JetStream -> buffer) -> [`worker`] (batch, ack once
+//! durable) -> [`guard`] (the database, else the WAL) -> [`store`] (the only SQL) / [`wal`].
+//! [`replay`] brings the WAL back once the database is; [`api`] serves operators;
+//! [`startup`] wires the parts together and [`shutdown`] stops them in order. The layers,
+//! the arrows allowed between them and the owner of each invariant: ARCHITECTURE.md.
 
 pub mod api;
 pub mod broker;
