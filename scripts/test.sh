@@ -15,10 +15,12 @@ cargo clippy -p aggregator --features failpoints -- -D warnings
 cargo build --workspace --bins --features aggregator/failpoints
 # The tests use exactly these binaries (no rebuild from inside the test run).
 export IT_SKIP_BUILD=1
+# The same features as the build above: building the aggregator package's own tests rebuilds
+# its binary, which must keep its failpoints.
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
+  cargo nextest run --workspace --features aggregator/failpoints --no-fail-fast
 else
-  cargo test --workspace --no-fail-fast
+  cargo test --workspace --features aggregator/failpoints --no-fail-fast
 fi
 
 # docker-compose.yml validated offline (no Docker engine needed), and a short k6 load test

@@ -9,11 +9,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `aggregator --version`; a test build says it has failpoints (the test harness checks).
+const VERSION: &str = if cfg!(feature = "failpoints") {
+    concat!(env!("CARGO_PKG_VERSION"), " (with failpoints)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// Command line of the `aggregator` binary.
 #[derive(Debug, Parser)]
 #[command(
     name = "aggregator",
-    version,
+    version = VERSION,
     about = "Consumes telemetry events from NATS JetStream and stores each distinct event \
              exactly once in PostgreSQL, with exact received/unique/duplicate counters.",
     after_help = "Every option can also be set through the environment variable shown.\n\

@@ -58,6 +58,12 @@ pub struct Failpoint;
 #[cfg(not(feature = "failpoints"))]
 impl Failpoint {
     pub fn from_env() -> Self {
+        if std::env::var_os("AGGREGATOR_FAILPOINT").is_some() {
+            tracing::warn!(
+                "AGGREGATOR_FAILPOINT is set, but this build has no failpoints (cargo feature \
+                 `failpoints`); ignored"
+            );
+        }
         Self
     }
 

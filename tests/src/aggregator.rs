@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::binaries::aggregator_bin;
 use crate::env::TestEnv;
-use crate::util::{self, file_tail, free_port, kill_and_reap, log_marker, wait_child};
+use crate::util::{self, file_tail, kill_and_reap, log_marker, strip_ansi, wait_child};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const TERMINATE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -41,7 +41,8 @@ pub struct Aggregator {
     pid: u32,
     child: Option<Child>,
     exit_status: Option<ExitStatus>,
-    harness_port: bool,
+    /// Length of the log before the latest start (its lines come after).
+    log_offset: u64,
     http: reqwest::Client,
 }
 
@@ -62,22 +63,8 @@ impl Aggregator {
     /// log tail if it exits or is not ready within 60 s).
     pub async fn spawn(env: &TestEnv, extra_env: &[(&str, &str)]) -> Aggregator {
         let mut agg = Aggregator::spawn_no_wait(env, extra_env).await;
-        for attempt in 1..=5 {
-            match agg.try_wait_ready().await {
-                Ok(()) => return agg,
-                Err((msg, true)) if agg.harness_port && attempt < 5 => {
-                    log_marker(&agg.log_path, &format!("{msg}; retrying on another port"));
-                    agg.addr = format!("127.0.0.1:{}", free_port());
-                    set_var(&mut agg.vars, "HTTP_ADDR", &agg.addr.clone());
-                    agg.start_process();
-                }
-                Err((msg, _)) => {
-                    agg.kill();
-                    panic!("aggregator not ready: {msg}\n{}", agg.log_tail());
-                }
-            }
-        }
-        unreachable!()
+        agg.wait_ready().await;
+        agg
     }
 
     /// Spawns the aggregator without waiting for readiness (e.g. to test start-up
@@ -89,20 +76,19 @@ impl Aggregator {
         let default_wal = work.join(format!("wal-{n}"));
         let log_path = work.join(format!("aggregator-{n}.log"));
         let mut vars: Vec<(String, String)> = Vec::new();
-        let harness_port = !extra_env.iter().any(|(k, _)| *k == "HTTP_ADDR");
         set_var(&mut vars, "NATS_URL", &env.nats.url());
         set_var(&mut vars, "DATABASE_URL", &env.database_url());
-        set_var(
-            &mut vars,
-            "HTTP_ADDR",
-            &format!("127.0.0.1:{}", if harness_port { free_port() } else { 0 }),
-        );
+        // Port 0: the aggregator binds a free port and logs it (see `discover_addr`), so two
+        // tests never race for one.
+        set_var(&mut vars, "HTTP_ADDR", "127.0.0.1:0");
         set_var(&mut vars, "WAL_PATH", &default_wal.to_string_lossy());
         set_var(&mut vars, "RUST_LOG", "info");
         for (k, v) in extra_env {
             set_var(&mut vars, k, v);
         }
-        let addr = get_var(&vars, "HTTP_ADDR").unwrap_or_default();
+        let addr = get_var(&vars, "HTTP_ADDR")
+            .filter(|a| !a.ends_with(":0"))
+            .unwrap_or_default();
         let wal_path = PathBuf::from(get_var(&vars, "WAL_PATH").unwrap_or_default());
         let mut agg = Aggregator {
             bin,
@@ -113,7 +99,7 @@ impl Aggregator {
             pid: 0,
             child: None,
             exit_status: None,
-            harness_port,
+            log_offset: 0,
             http: http_client(),
         };
         agg.start_process();
@@ -131,49 +117,69 @@ impl Aggregator {
             }
         }
         cmd.envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.log_offset = std::fs::metadata(&self.log_path).map_or(0, |m| m.len());
         let child = spawn_service(&mut cmd, &self.log_path);
         self.pid = child.id();
         self.child = Some(child);
         self.exit_status = None;
     }
 
-    /// Err((message, port_in_use)).
-    async fn try_wait_ready(&mut self) -> Result<(), (String, bool)> {
+    async fn try_wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let url = format!("{}/ready", self.base_url());
-        let mut last: String;
+        let mut last = String::from("the HTTP address is not logged yet");
         loop {
             if let Some(status) = self.poll_exit() {
-                let tail = file_tail(&self.log_path, 40).to_lowercase();
-                let in_use =
-                    tail.contains("address already in use") || tail.contains("os error 98");
-                return Err((format!("aggregator exited with {status}"), in_use));
+                return Err(format!("aggregator exited with {status}"));
             }
-            match self
-                .http
-                .get(&url)
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await
-            {
-                Ok(resp) if resp.status().as_u16() == 200 => return Ok(()),
-                Ok(resp) => last = format!("GET /ready -> {}", resp.status()),
-                Err(e) => last = format!("GET /ready: {e}"),
+            if self.addr.is_empty() {
+                self.discover_addr();
+            }
+            if !self.addr.is_empty() {
+                let url = format!("{}/ready", self.base_url());
+                match self
+                    .http
+                    .get(&url)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                {
+                    Ok(resp) if resp.status().as_u16() == 200 => return Ok(()),
+                    Ok(resp) => last = format!("GET /ready -> {}", resp.status()),
+                    Err(e) => last = format!("GET /ready: {e}"),
+                }
             }
             if Instant::now() >= deadline {
-                return Err((
-                    format!("not ready after {READY_TIMEOUT:?} (last: {last})"),
-                    false,
-                ));
+                return Err(format!("not ready after {READY_TIMEOUT:?} (last: {last})"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
+    /// Reads the address the process bound from its log (`HTTP API listening addr=...`,
+    /// text or JSON) and keeps it, also for restarts: a restarted aggregator comes back on
+    /// the same address, where clients expect it.
+    fn discover_addr(&mut self) {
+        if let Some(addr) = self.logged_addr() {
+            set_var(&mut self.vars, "HTTP_ADDR", &addr);
+            self.addr = addr;
+        }
+    }
+
+    /// The address the latest process logged that it listens on.
+    fn logged_addr(&self) -> Option<String> {
+        let log = std::fs::read(&self.log_path).ok()?;
+        let start = usize::try_from(self.log_offset).unwrap_or(0).min(log.len());
+        let text = String::from_utf8_lossy(&log[start..]);
+        text.lines()
+            .map(strip_ansi)
+            .filter(|l| l.contains("HTTP API listening"))
+            .find_map(|l| listening_addr(&l))
+    }
+
     /// Waits until `GET /ready` returns 200; panics with the log tail if the process
     /// exits or 60 s pass.
     pub async fn wait_ready(&mut self) {
-        if let Err((msg, _)) = self.try_wait_ready().await {
+        if let Err(msg) = self.try_wait_ready().await {
             self.kill();
             panic!("aggregator not ready: {msg}\n{}", self.log_tail());
         }
@@ -211,8 +217,12 @@ impl Aggregator {
         self.child.is_some() && self.poll_exit().is_none()
     }
 
-    /// `http://<HTTP_ADDR>`.
+    /// `http://<address it listens on>` (empty host while a process started with port 0 has
+    /// not logged its address yet).
     pub fn base_url(&self) -> String {
+        if self.addr.is_empty() {
+            return format!("http://{}", self.logged_addr().unwrap_or_default());
+        }
         format!("http://{}", self.addr)
     }
 
@@ -414,6 +424,20 @@ impl Drop for Aggregator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The `ip:port` after `addr` on a log line (`addr=127.0.0.1:41234` or
+/// `"addr":"127.0.0.1:41234"`, possibly with colour codes around).
+fn listening_addr(line: &str) -> Option<String> {
+    let after = &line[line.find("addr")? + 4..];
+    let start = after.find(|c: char| c.is_ascii_digit())?;
+    let addr: String = after[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    addr.rsplit_once(':')
+        .is_some_and(|(ip, port)| !ip.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+        .then_some(addr)
 }
 
 fn parse_body(text: String) -> Value {

@@ -111,6 +111,19 @@ fn build(package: &str, bin: &str, profile_dir: &Path) {
     }
 }
 
+/// True for an aggregator binary built without the `failpoints` feature, which some tests
+/// need (`aggregator --version` says whether it has them).
+fn lacks_failpoints(bin: &Path, package: &str) -> bool {
+    if package != "aggregator" || !bin.is_file() {
+        return false;
+    }
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|out| !String::from_utf8_lossy(&out.stdout).contains("failpoints"))
+        .unwrap_or(true)
+}
+
 /// Path of workspace binary `bin` from package `package`, building it first (once per
 /// test process) when it is missing or stale. Blocking.
 pub fn binary_path(package: &str, bin: &str) -> PathBuf {
@@ -122,13 +135,19 @@ pub fn binary_path(package: &str, bin: &str) -> PathBuf {
     let dir = profile_dir();
     let path = dir.join(bin);
     let skip_build = std::env::var_os("IT_SKIP_BUILD").is_some_and(|v| v == "1");
-    if !skip_build && is_stale(&path, package) {
+    if !skip_build && (is_stale(&path, package) || lacks_failpoints(&path, package)) {
         build(package, bin, &dir);
     }
     assert!(
         path.is_file(),
         "binary {} not found (IT_SKIP_BUILD={skip_build}); build it with \
-         `cargo build -p {package} --bin {bin}`",
+         `cargo build --workspace --bins --features aggregator/failpoints`",
+        path.display()
+    );
+    assert!(
+        !lacks_failpoints(&path, package),
+        "{} was built without its test-only failpoints (another cargo command rebuilt it); \
+         build it with `cargo build --workspace --bins --features aggregator/failpoints`",
         path.display()
     );
     map.insert(bin.to_string(), path.clone());

@@ -215,6 +215,24 @@ pub fn file_tail(path: &Path, max_lines: usize) -> String {
     out
 }
 
+/// `line` without its ANSI colour codes (what a terminal-style log writes around fields).
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Waits until the processed-message record has compacted to `floor` (the stream's last
 /// sequence) with no record left above or below it.
 pub async fn wait_compacted(db: &sqlx::PgPool, floor: i64) {

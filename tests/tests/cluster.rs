@@ -186,27 +186,10 @@ fn connected_port(agg: &Aggregator) -> Option<u16> {
     let text = std::fs::read_to_string(agg.log_path()).ok()?;
     text.lines()
         .rev()
-        .map(strip_ansi)
+        .map(integration_tests::strip_ansi)
         .find(|l| l.contains("connected successfully"))?
         .split_whitespace()
         .find_map(|w| w.strip_prefix("server=")?.parse().ok())
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Polls the stream leader until it is a node other than `old` (any node for `""`), or

@@ -3,13 +3,13 @@
 //! numbers it shows must equal `GET /stats` exactly. A screenshot is kept in
 //! `target/dashboard.png` for a human to look at.
 //!
-//! Chromium is found on `PATH` (`chromium`, `chromium-browser`) or at `/usr/bin/chromium`,
-//! and installed with `apt-get install -y chromium` when missing: a missing browser fails
-//! the test, it never skips it. Every Chromium run is killed after 60 s (a safety net, not
+//! Chromium is found on `PATH` (`chromium`, `chromium-browser`) or at `/usr/bin/chromium`
+//! (`scripts/install-deps.sh --test` installs it): a missing browser fails the test, it never
+//! skips it. Every Chromium run is killed after 60 s (a safety net, not
 //! an assertion on timing).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use integration_tests::{
@@ -40,36 +40,12 @@ fn find_chromium() -> Option<PathBuf> {
     fixed.is_file().then(|| fixed.to_path_buf())
 }
 
-fn apt_get(args: &[&str]) {
-    eprintln!("dashboard test: apt-get {}", args.join(" "));
-    let out = Command::new("apt-get")
-        .args(["-o", "DPkg::Lock::Timeout=600"])
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run apt-get {args:?} to install chromium: {e}"));
-    assert!(
-        out.status.success(),
-        "apt-get {args:?} failed ({}):\n{}\n{}",
-        out.status,
-        tail(&String::from_utf8_lossy(&out.stdout), 20),
-        tail(&String::from_utf8_lossy(&out.stderr), 40)
-    );
-}
-
-/// The Chromium binary, installed with apt-get when missing. Never returns without one.
-async fn chromium() -> PathBuf {
-    tokio::task::spawn_blocking(|| {
-        if let Some(bin) = find_chromium() {
-            return bin;
-        }
-        apt_get(&["update", "-qq"]);
-        apt_get(&["install", "-y", "-qq", "chromium"]);
-        find_chromium().expect("chromium still not found after `apt-get install -y chromium`")
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+/// The Chromium binary; a missing browser fails the test (it never skips it). Installing it
+/// is `scripts/install-deps.sh --test`'s job, never a test's.
+fn chromium() -> PathBuf {
+    find_chromium().expect(
+        "chromium is not installed: run scripts/install-deps.sh --test (Debian package chromium)",
+    )
 }
 
 /// Runs headless Chromium with the common flags plus `extra`, in a fresh profile directory
@@ -312,7 +288,7 @@ fn assert_dom_matches(dom: &str, stats: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_headless_chromium_shows_exact_stats() {
-    let browser = chromium().await;
+    let browser = chromium();
     eprintln!("dashboard test: using {}", browser.display());
     build_aggregator_with_current_page().await;
 
