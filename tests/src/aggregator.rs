@@ -378,6 +378,32 @@ impl Aggregator {
         self.get("/health").await
     }
 
+    /// `received` from `/stats`, or `None` when the aggregator does not answer 200 right now
+    /// (stopped, restarting, database down).
+    pub async fn received(&self) -> Option<i64> {
+        let resp = self
+            .http
+            .get(format!("{}/stats", self.base_url()))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        if resp.status().as_u16() != 200 {
+            return None;
+        }
+        parse_body(resp.text().await.ok()?)["received"].as_i64()
+    }
+
+    /// Waits (90 s safety net) until `received >= n`, riding out moments it does not answer.
+    pub async fn wait_received_at_least(&self, n: i64) {
+        crate::util::eventually(
+            &format!("received >= {n}"),
+            Duration::from_secs(90),
+            || async { self.received().await.is_some_and(|r| r >= n) },
+        )
+        .await;
+    }
+
     /// Polls `/stats` until `received >= n` and
     /// `received == unique_processed + duplicate_dropped`; returns those stats.
     /// Panics with the last stats and the log tail after a 120 s safety timeout, or at

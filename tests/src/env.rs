@@ -56,6 +56,19 @@ impl TestEnv {
         self.nats.jetstream().await
     }
 
+    /// Messages in stream `EVENTS`: exact and synchronous (every acknowledged publish is in
+    /// it), so it proves what was (not) published.
+    pub async fn stream_messages(&self) -> u64 {
+        let js = self.jetstream().await;
+        let mut stream = js.get_stream("EVENTS").await.expect("stream EVENTS");
+        stream.info().await.expect("stream info").state.messages
+    }
+
+    /// Rows in table `events`.
+    pub async fn event_rows(&self) -> i64 {
+        crate::util::count(&self.db().await, "SELECT count(*) FROM events").await
+    }
+
     /// A per-env scratch directory (WAL directories, aggregator logs).
     pub fn work_dir(&self) -> &Path {
         self.work.path()

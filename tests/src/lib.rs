@@ -37,6 +37,6 @@ pub use publish::{
     event_json, publish_in_background, publish_raw, run_publisher, run_publisher_at,
 };
 pub use util::{
-    create_stream, eventually, file_tail, free_port, int, metric_sum, strip_ansi, wait_compacted,
-    TempDir,
+    assert_consistent, count, create_stream, eventually, file_tail, free_port, int, metric_sum,
+    strip_ansi, wait_compacted, TempDir,
 };

@@ -420,6 +420,36 @@ pub(crate) async fn tcp_accepts(port: u16) -> bool {
     )
 }
 
+/// `SELECT count(*) ...`: the single integer `sql` returns (panics naming the query).
+pub async fn count(db: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(db)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// `/stats` agrees with itself: received = unique + duplicates, the totals are the sums over
+/// topics, and topics are sorted by name.
+pub fn assert_consistent(stats: &serde_json::Value) {
+    assert_eq!(
+        int(stats, "received"),
+        int(stats, "unique_processed") + int(stats, "duplicate_dropped"),
+        "{stats}"
+    );
+    let topics = stats["topics"].as_array().expect("topics array");
+    let sum = |f: &str| topics.iter().map(|t| int(t, f)).sum::<i64>();
+    assert_eq!(sum("received"), int(stats, "received"), "{stats}");
+    assert_eq!(sum("unique_processed"), int(stats, "unique_processed"));
+    assert_eq!(sum("duplicate_dropped"), int(stats, "duplicate_dropped"));
+    let names: Vec<&str> = topics
+        .iter()
+        .map(|t| t["topic"].as_str().unwrap_or_default())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "topics must be sorted by topic: {stats}");
+}
+
 /// An integer field of a JSON object, panicking with the object when it is missing.
 pub fn int(v: &serde_json::Value, field: &str) -> i64 {
     v[field]

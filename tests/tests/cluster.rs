@@ -57,38 +57,6 @@ impl Publisher {
     }
 }
 
-/// `received` from /stats, or `None` when the aggregator does not answer (200) right now.
-async fn received(agg: &Aggregator) -> Option<i64> {
-    let resp = agg
-        .http()
-        .get(format!("{}/stats", agg.base_url()))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
-    if resp.status().as_u16() != 200 {
-        return None;
-    }
-    let body: Value = serde_json::from_str(&resp.text().await.ok()?).ok()?;
-    body["received"].as_i64()
-}
-
-async fn wait_received_at_least(agg: &Aggregator, n: i64) {
-    eventually(
-        &format!("received >= {n}"),
-        Duration::from_secs(90),
-        || async { received(agg).await.is_some_and(|r| r >= n) },
-    )
-    .await;
-}
-
-async fn count_rows(env: &TestEnv) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&env.db().await)
-        .await
-        .unwrap()
-}
-
 /// Waits until `first` has counted all `published` events, then checks the exact figures
 /// on every replica and the rows in Postgres.
 async fn assert_exact(
@@ -111,7 +79,7 @@ async fn assert_exact(
         assert_eq!(int(&s, "received"), published, "{s}");
         assert_eq!(int(&s, "unique_processed"), unique, "{s}");
     }
-    assert_eq!(count_rows(env).await, unique, "rows in events");
+    assert_eq!(env.event_rows().await, unique, "rows in events");
 }
 
 /// How the survivor's `received` evolved after a kill.
@@ -142,7 +110,7 @@ async fn watch_recovery(
     let mut longest_stall = Duration::ZERO;
     loop {
         let now = Instant::now();
-        if let Some(r) = received(agg).await {
+        if let Some(r) = agg.received().await {
             if r > last {
                 first_growth.get_or_insert(now - killed_at);
                 longest_stall = longest_stall.max(now - last_growth);
@@ -174,7 +142,7 @@ async fn wait_received_or_publisher_done(agg: &Aggregator, publisher: &mut Publi
     eventually(
         &format!("received >= {n} or the publisher done"),
         Duration::from_secs(90),
-        || async { publisher.is_done() || received(agg).await.is_some_and(|r| r >= n) },
+        || async { publisher.is_done() || agg.received().await.is_some_and(|r| r >= n) },
     )
     .await;
     publisher.check().await;
@@ -253,7 +221,7 @@ async fn cluster_failover_keeps_counts_exact() {
         .filter(|&i| !is_stream_leader(i))
         .or_else(|| (0..cluster.len()).find(|&i| !is_stream_leader(i)))
         .expect("a node that is not the stream leader");
-    let base = received(&a).await.expect("stats before the kill");
+    let base = a.received().await.expect("stats before the kill");
     eprintln!(
         "killing NATS node {} (A connected to it: {}; stream leader {stream_leader:?}, \
          consumer leader {consumer_leader:?}) and aggregator B at received={base} (so far A \
@@ -300,7 +268,7 @@ async fn cluster_failover_keeps_counts_exact() {
         .await
         .unwrap_or_else(|| panic!("the stream has no leader\n{}", cluster.all_log_tails()));
     let victim = cluster.index_of(&leader).expect("leader is a node");
-    let base = received(&a).await.expect("stats before the kill");
+    let base = a.received().await.expect("stats before the kill");
     eprintln!(
         "killing the stream leader {leader} (consumer leader {:?}) at received={base}",
         cluster.consumer_leader("EVENTS", "aggregator").await,
@@ -351,7 +319,7 @@ async fn cluster_failover_keeps_counts_exact() {
 /// SIGTERMs `agg` (must exit 0), waits until the other replica counts on alone (while the
 /// publisher runs), then starts `agg` again and waits until it is ready.
 async fn roll(name: &str, agg: &mut Aggregator, other: &Aggregator, publisher_done: bool) {
-    let before = received(other).await.expect("stats of the other replica");
+    let before = other.received().await.expect("stats of the other replica");
     let status = agg.terminate().await;
     assert_eq!(
         status.code(),
@@ -361,7 +329,7 @@ async fn roll(name: &str, agg: &mut Aggregator, other: &Aggregator, publisher_do
     );
     // While it is down the other replica keeps counting.
     if !publisher_done {
-        wait_received_at_least(other, before + 1).await;
+        other.wait_received_at_least(before + 1).await;
     }
     agg.restart().await;
     eprintln!(

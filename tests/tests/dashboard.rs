@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use integration_tests::{
-    aggregator_bin, run_publisher, workspace_root, Aggregator, TempDir, TestEnv,
+    aggregator_bin, int, run_publisher, workspace_root, Aggregator, TempDir, TestEnv,
 };
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -229,12 +229,6 @@ fn rows(body: &str) -> Vec<(String, Vec<String>)> {
             (open, cells)
         })
         .collect()
-}
-
-fn int(v: &Value, field: &str) -> i64 {
-    v[field]
-        .as_i64()
-        .unwrap_or_else(|| panic!("{field} missing in {v}"))
 }
 
 /// Asserts that the dashboard DOM shows exactly `stats` (totals, rate, every topic).

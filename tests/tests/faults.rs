@@ -106,23 +106,12 @@ async fn wait_breaker(agg: &Aggregator, state: &str) {
     .await;
 }
 
-async fn wait_received_at_least(agg: &Aggregator, n: i64) {
-    eventually(
-        &format!("received >= {n}"),
-        Duration::from_secs(60),
-        || async {
-            matches!(agg.get("/stats").await, (200, s) if s["received"].as_i64().unwrap_or(0) >= n)
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_killed_for_ten_seconds_under_load_loses_nothing() {
     let mut env = TestEnv::start().await;
     let mut agg = Aggregator::spawn(&env, &with(&[])).await;
     let publisher = publish_in_background(&env.nats_url(), 20_000, 1_000, 21);
-    wait_received_at_least(&agg, 2_000).await;
+    agg.wait_received_at_least(2_000).await;
 
     env.pg.kill();
     eventually(
@@ -155,7 +144,7 @@ async fn postgres_stopped_longer_than_the_breaker_timeout_loses_nothing() {
     let mut env = TestEnv::start().await;
     let mut agg = Aggregator::spawn(&env, &with(&[])).await;
     let publisher = publish_in_background(&env.nats_url(), 10_000, 1_000, 22);
-    wait_received_at_least(&agg, 1_000).await;
+    agg.wait_received_at_least(1_000).await;
 
     env.pg.stop();
     wait_breaker(&agg, "OPEN").await;
@@ -182,7 +171,7 @@ async fn hanging_postgres_connections_lose_nothing() {
     let mut env = TestEnv::start().await;
     let mut agg = Aggregator::spawn(&env, &with(&[])).await;
     let publisher = publish_in_background(&env.nats_url(), 10_000, 1_000, 23);
-    wait_received_at_least(&agg, 1_000).await;
+    agg.wait_received_at_least(1_000).await;
 
     // Connections hang instead of being refused.
     env.pg.pause();
@@ -596,7 +585,7 @@ async fn postgres_hung_while_messages_wait_past_ack_wait_counts_each_message_onc
     let mut agg =
         Aggregator::spawn(&env, &with(&[("ACK_WAIT", "1s"), ("WRITE_TIMEOUT", "3s")])).await;
     let publisher = publish_in_background(&env.nats_url(), 6_000, 1_000, 49);
-    wait_received_at_least(&agg, 1_000).await;
+    agg.wait_received_at_least(1_000).await;
     env.pg.pause();
     tokio::time::sleep(Duration::from_secs(12)).await;
     env.pg.resume();

@@ -6,13 +6,6 @@ use std::time::Duration;
 use async_nats::jetstream::stream;
 use integration_tests::{event_json, eventually, publish_raw, TestEnv};
 
-async fn count_rows(pool: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM smoke")
-        .fetch_one(pool)
-        .await
-        .expect("count rows")
-}
-
 #[tokio::test]
 async fn harness_smoke() {
     let started = std::time::Instant::now();
@@ -52,18 +45,30 @@ async fn harness_smoke() {
     env.pg.kill();
     env.pg.start().await;
     let pool = env.db().await;
-    assert_eq!(count_rows(&pool).await, 1, "row must survive a crash");
+    assert_eq!(
+        integration_tests::count(&pool, "SELECT count(*) FROM smoke").await,
+        1,
+        "row must survive a crash"
+    );
 
     // Fast shutdown and start.
     pool.close().await;
     env.pg.stop();
     env.pg.start().await;
     let pool = env.db().await;
-    assert_eq!(count_rows(&pool).await, 1, "row must survive a restart");
+    assert_eq!(
+        integration_tests::count(&pool, "SELECT count(*) FROM smoke").await,
+        1,
+        "row must survive a restart"
+    );
 
     // Pause: queries hang; resume: they work again.
     env.pg.pause();
-    let hung = tokio::time::timeout(Duration::from_secs(1), count_rows(&pool)).await;
+    let hung = tokio::time::timeout(
+        Duration::from_secs(1),
+        integration_tests::count(&pool, "SELECT count(*) FROM smoke"),
+    )
+    .await;
     assert!(hung.is_err(), "a query against a paused Postgres must hang");
     env.pg.resume();
     eventually("query works after resume", Duration::from_secs(30), || {

@@ -16,14 +16,13 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use futures::StreamExt;
 use integration_tests::{
-    aggregator_bin, create_stream, event_json, eventually, free_port, int, publish_raw, Aggregator,
-    TempDir, TestEnv,
+    aggregator_bin, count, create_stream, event_json, eventually, free_port, int, publish_raw,
+    Aggregator, TempDir, TestEnv,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::Method;
 use serde_json::{json, Value};
-use sqlx::PgPool;
 
 /// Safety net for waits (never an assertion on timing).
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -37,12 +36,6 @@ const DEAD_LETTER_KEEP: usize = 8 * 1024;
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-async fn stream_messages(env: &TestEnv) -> u64 {
-    let js = env.jetstream().await;
-    let mut stream = js.get_stream("EVENTS").await.unwrap();
-    stream.info().await.unwrap().state.messages
-}
 
 /// The durable consumer's info (`num_pending`, `num_ack_pending`, `num_redelivered`).
 async fn consumer_info(env: &TestEnv) -> jetstream::consumer::Info {
@@ -87,13 +80,6 @@ async fn get_with_token(agg: &Aggregator, path: &str, token: Option<&str>) -> (u
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
-}
-
-async fn count(db: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql)
-        .fetch_one(db)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// Standard base64 (with padding), decoded strictly.
@@ -735,7 +721,7 @@ async fn five_hundred_malformed_messages_are_dead_lettered_and_valid_ones_counte
     assert_eq!(info.num_ack_pending, 0, "{info:?}");
     assert_eq!(info.num_redelivered, 0, "{info:?}");
     assert_eq!(info.num_pending, 0, "{info:?}");
-    assert_eq!(stream_messages(&env).await, 1500);
+    assert_eq!(env.stream_messages().await, 1500);
 
     // The table holds exactly the malformed messages, with the right reason and bytes.
     let rows: Vec<(i64, String, Vec<u8>, i32, String)> = sqlx::query_as(
@@ -912,18 +898,18 @@ async fn redrive_after_a_fix_counts_dead_letters_exactly_once() {
 
     // The fix: the default limit (64 KiB).
     let mut agg = Aggregator::spawn(&env, &[]).await;
-    assert_eq!(stream_messages(&env).await, 8);
+    assert_eq!(env.stream_messages().await, 8);
 
     // A dry run lists them and changes nothing.
     let out = redrive(&env, &["--dry-run"]).await;
     assert_eq!(out.matches("would redrive").count(), 5, "{out}");
-    assert_eq!(stream_messages(&env).await, 8, "dry run publishes nothing");
+    assert_eq!(env.stream_messages().await, 8, "dry run publishes nothing");
     let (_, still) = all_dead_letters(&agg, 100, "", None).await;
     assert_eq!(still.len(), 5, "dry run marks nothing");
 
     let out = redrive(&env, &[]).await;
     assert!(out.contains("redriven: 5"), "{out}");
-    assert_eq!(stream_messages(&env).await, 13);
+    assert_eq!(env.stream_messages().await, 13);
     let stats = agg.wait_until_received(8).await;
     assert_eq!(int(&stats, "received"), 8, "{stats}");
     assert_eq!(int(&stats, "unique_processed"), 8, "{stats}");
@@ -953,7 +939,7 @@ async fn redrive_after_a_fix_counts_dead_letters_exactly_once() {
     // Again: nothing to do, nothing published, counts unchanged.
     let out = redrive(&env, &[]).await;
     assert!(!out.contains("redrove"), "{out}");
-    assert_eq!(stream_messages(&env).await, 13);
+    assert_eq!(env.stream_messages().await, 13);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stats = agg.stats().await;
     assert_eq!(int(&stats, "received"), 8, "{stats}");

@@ -3,30 +3,10 @@
 
 use async_nats::jetstream;
 use integration_tests::{
-    create_stream, event_json, int, metric_sum, publish_raw, run_publisher, Aggregator, TestEnv,
+    assert_consistent, create_stream, event_json, int, metric_sum, publish_raw, run_publisher,
+    Aggregator, TestEnv,
 };
 use serde_json::Value;
-use sqlx::PgPool;
-
-async fn count_events(db: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(db)
-        .await
-        .unwrap()
-}
-
-fn assert_consistent(stats: &Value) {
-    assert_eq!(
-        int(stats, "received"),
-        int(stats, "unique_processed") + int(stats, "duplicate_dropped"),
-        "{stats}"
-    );
-    let topics = stats["topics"].as_array().unwrap();
-    let sum = |f: &str| topics.iter().map(|t| int(t, f)).sum::<i64>();
-    assert_eq!(sum("received"), int(stats, "received"), "{stats}");
-    assert_eq!(sum("unique_processed"), int(stats, "unique_processed"));
-    assert_eq!(sum("duplicate_dropped"), int(stats, "duplicate_dropped"));
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_events_with_thirty_percent_duplicates_are_counted_exactly() {
@@ -60,7 +40,7 @@ async fn twenty_thousand_events_with_thirty_percent_duplicates_are_counted_exact
     assert!((stats["duplicate_rate"].as_f64().unwrap() - 0.3).abs() < 1e-9);
     assert_eq!(stats["topics"].as_array().unwrap().len(), 10);
     assert_consistent(&stats);
-    assert_eq!(count_events(&env.db().await).await, 14_000);
+    assert_eq!(env.event_rows().await, 14_000);
 
     let js = env.jetstream().await;
     let info = js.get_stream("EVENTS").await.unwrap().cached_info().clone();
@@ -148,7 +128,7 @@ async fn duplicates_inside_one_batch_are_counted_once() {
         "{metrics}"
     );
     assert_eq!(metric_sum(&metrics, "aggregator_batch_size_sum"), 15.0);
-    assert_eq!(count_events(&env.db().await).await, 6);
+    assert_eq!(env.event_rows().await, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,7 +156,7 @@ async fn ten_concurrent_publishers_of_one_event_yield_one_unique() {
     assert_eq!(int(&stats, "received"), 10);
     assert_eq!(int(&stats, "unique_processed"), 1);
     assert_eq!(int(&stats, "duplicate_dropped"), 9);
-    assert_eq!(count_events(&env.db().await).await, 1);
+    assert_eq!(env.event_rows().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +207,7 @@ async fn graceful_restart_under_load_keeps_counts_exact() {
     assert_eq!(int(&stats, "duplicate_dropped"), 1500);
     assert_eq!(int(&stats, "dead_lettered"), 0);
     assert_consistent(&stats);
-    assert_eq!(count_events(&env.db().await).await, 4500);
+    assert_eq!(env.event_rows().await, 4500);
 }
 
 async fn agg_stats_from_db(env: &TestEnv) -> i64 {
@@ -274,7 +254,7 @@ async fn message_redelivered_after_crash_between_commit_and_ack_is_counted_once(
     assert_eq!(int(&stats, "received"), 3000);
     assert_eq!(int(&stats, "unique_processed"), 2100);
     assert_eq!(int(&stats, "duplicate_dropped"), 900);
-    assert_eq!(count_events(&env.db().await).await, 2100);
+    assert_eq!(env.event_rows().await, 2100);
     let metrics = agg.metrics_text().await;
     assert_eq!(
         metric_sum(&metrics, "aggregator_redelivered_skipped_total"),
@@ -313,7 +293,10 @@ async fn recreated_stream_does_not_confuse_the_processed_record() {
     assert_eq!(int(&stats, "unique_processed"), 800);
     assert_eq!(int(&stats, "duplicate_dropped"), 0);
     let db = env.db().await;
-    assert_eq!(count_events(&db).await, 800);
+    assert_eq!(
+        integration_tests::count(&db, "SELECT count(*) FROM events").await,
+        800
+    );
     let incarnations: i64 = sqlx::query_scalar("SELECT count(*) FROM streams")
         .fetch_one(&db)
         .await
@@ -339,7 +322,7 @@ async fn two_replicas_on_one_consumer_stay_exact() {
     assert_eq!(int(&stats, "unique_processed"), 14_000);
     assert_eq!(int(&stats, "duplicate_dropped"), 6_000);
     assert_eq!(b.stats().await["received"], stats["received"]);
-    assert_eq!(count_events(&env.db().await).await, 14_000);
+    assert_eq!(env.event_rows().await, 14_000);
     // Both replicas took part, and between them counted each message exactly once.
     let (ma, mb) = (a.metrics_text().await, b.metrics_text().await);
     let (ra, rb) = (
@@ -520,5 +503,8 @@ async fn two_replicas_compacting_under_load_then_a_consumer_reset_count_nothing_
     let stats = a.stats().await;
     assert_eq!(int(&stats, "received"), 20_000, "{stats}");
     assert_eq!(int(&stats, "unique_processed"), unique, "{stats}");
-    assert_eq!(count_events(&db).await, unique);
+    assert_eq!(
+        integration_tests::count(&db, "SELECT count(*) FROM events").await,
+        unique
+    );
 }

@@ -4,13 +4,6 @@
 use integration_tests::{event_json, eventually, publish_raw, Aggregator, TestEnv};
 use std::time::Duration;
 
-async fn count(db: &sqlx::PgPool, table: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-        .fetch_one(db)
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_old_rows_and_the_dedup_horizon_follows_it() {
     let env = TestEnv::start().await;
@@ -33,7 +26,10 @@ async fn retention_deletes_old_rows_and_the_dedup_horizon_follows_it() {
     eventually(
         "old events and dead letters deleted",
         Duration::from_secs(60),
-        || async { count(&db, "events").await == 0 && count(&db, "dead_letters").await == 0 },
+        || async {
+            integration_tests::count(&db, "SELECT count(*) FROM events").await == 0
+                && integration_tests::count(&db, "SELECT count(*) FROM dead_letters").await == 0
+        },
     )
     .await;
     // Counters are totals of what was received: retention does not change them.

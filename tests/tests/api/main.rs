@@ -1,0 +1,14 @@
+//! HTTP API: `POST /publish`, `GET /events`, `GET /stats`, `GET /health` and `GET /metrics`
+//! (DESIGN.md, "HTTP API"). Every test runs the real aggregator binary against its own
+//! private NATS and Postgres. Counting is asynchronous, so tests wait with
+//! `wait_until_received(n)` and then assert exact values; nothing asserts on timing.
+//!
+//! One module per endpoint; `common` holds the helpers they share.
+
+mod common;
+mod duplicates;
+mod events;
+mod health;
+mod metrics;
+mod publish;
+mod publisher;
