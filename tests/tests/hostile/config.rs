@@ -1,0 +1,86 @@
+//! Bad configuration stops start-up with one line naming the variable.
+
+use super::common::*;
+use integration_tests::{free_port, TempDir, TestEnv};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_exits_with_one_line_naming_the_variable() {
+    let env = TestEnv::start().await;
+    let dir = TempDir::new("hostile-config");
+    let not_a_dir = dir.path().join("wal-is-a-file");
+    std::fs::write(&not_a_dir, b"not a directory").unwrap();
+    let not_a_dir = not_a_dir.to_string_lossy().into_owned();
+    let cases: Vec<(&str, &str)> = vec![
+        ("BATCH_TIMEOUT", "soon"),
+        ("DATABASE_URL", "mysql://x"),
+        ("NATS_URL", "nats://:x"),
+        ("WAL_MAX_SIZE", "-5"),
+        ("WORKERS", "0"),
+        ("WAL_PATH", not_a_dir.as_str()),
+        ("HTTP_ADDR", "nonsense"),
+        ("MAX_DELIVER", "0"),
+        ("REQUEST_TIMEOUT", "5 parsecs"),
+        ("MAX_PAYLOAD_BYTES", "lots"),
+        ("ACK_WAIT", "-1s"),
+        ("MAX_CONCURRENT_PUBLISH", "0"),
+        ("BATCH_SIZE", "1e3"),
+        ("STREAM_NAME", "EVENTS.>"),
+        ("SUBJECT_PREFIX", "events.>"),
+        // Values that parse but would break the service silently.
+        ("WRITE_TIMEOUT", "0"),
+        ("REQUEST_TIMEOUT", "0ms"),
+        ("HEALTH_CHECK_INTERVAL", "0s"),
+        ("COMPACT_INTERVAL", "0"),
+        ("CIRCUIT_BREAKER_TIMEOUT", "0s"),
+        ("PUBLISH_TIMEOUT", "0"),
+        ("ACK_WAIT", "0"),
+        ("RETRY_DELAY", "0"),
+        ("RETENTION", "100000000d"),
+        ("WAL_MAX_SIZE", "1000"),
+        ("MAX_RETRIES", "0"),
+        ("API_TOKEN", ""),
+    ];
+    let nats = env.nats_url();
+    let db = env.database_url();
+    for (var, value) in cases {
+        let wal = dir.path().join(format!("wal-{var}"));
+        let wal = wal.to_string_lossy().into_owned();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut vars: Vec<(&str, &str)> = vec![
+            ("NATS_URL", nats.as_str()),
+            ("DATABASE_URL", db.as_str()),
+            ("WAL_PATH", wal.as_str()),
+            ("HTTP_ADDR", addr.as_str()),
+        ];
+        match vars.iter_mut().find(|(k, _)| *k == var) {
+            Some(slot) => slot.1 = value,
+            None => vars.push((var, value)),
+        }
+        let (status, _stdout, stderr) =
+            run_aggregator_cmd(&[], &vars, Duration::from_secs(20)).await;
+        assert!(
+            !status.success() && status.code().is_some(),
+            "{var}={value:?}: must exit non-zero by itself, got {status}\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "{var}={value:?}: panic\n{stderr}"
+        );
+        let error_lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.trim_start().to_ascii_lowercase().starts_with("error"))
+            .collect();
+        assert_eq!(
+            error_lines.len(),
+            1,
+            "{var}={value:?}: one error line expected\n{stderr}"
+        );
+        eprintln!("{var}={value:?} -> {status}: {}", error_lines[0]);
+        assert!(
+            error_lines[0].contains(var),
+            "{var}={value:?}: the error line must name {var}: {:?}\n{stderr}",
+            error_lines[0]
+        );
+    }
+}
