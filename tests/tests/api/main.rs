@@ -9,6 +9,7 @@ mod common;
 mod duplicates;
 mod events;
 mod health;
+mod in_process;
 mod metrics;
 mod publish;
 mod publisher;
