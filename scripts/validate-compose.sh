@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Validates docker-compose.yml offline, with no Docker engine: `docker-compose config -q` on
+# Validates docker-compose.yml (and docker-compose.secure.yml) offline, with no Docker engine: `docker-compose config -q` on
 # the default services, then with the `testing` and `cluster` profiles enabled, and checks
 # that the files it builds from or mounts exist. Installs Debian's `docker-compose` package
 # when the command is missing (as root, else with sudo). Exits non-zero on the first error.
@@ -50,7 +50,13 @@ validate() { # PROFILES...
 validate
 validate testing cluster
 
-for f in Dockerfile .dockerignore deploy/prometheus.yml; do
+# The secured setup (README "Security"): its own file, with the secrets make-secrets.sh makes.
+SECURE=docker-compose.secure.yml
+docker-compose -f "$SECURE" --profile testing config -q
+echo "ok: docker-compose -f $SECURE --profile testing config -q"
+
+for f in Dockerfile .dockerignore deploy/prometheus.yml deploy/secure/make-secrets.sh \
+  deploy/secure/nats.conf deploy/secure/pg_hba.conf; do
   [ -f "$f" ] || { echo "error: $f is missing (used by $FILE)" >&2; exit 1; }
 done
-echo "ok: build context and mounts present: Dockerfile .dockerignore deploy/prometheus.yml"
+echo "ok: build context and mounts present: Dockerfile .dockerignore deploy/prometheus.yml deploy/secure/*"
