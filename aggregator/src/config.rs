@@ -54,11 +54,14 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// NATS server URL(s), comma-separated for a cluster.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", value_parser = parse_nats_url)]
+    /// May carry user:password (`--help` does not show the value).
+    #[arg(long, env = "NATS_URL", hide_env_values = true, default_value = "nats://127.0.0.1:4222", value_parser = parse_nats_url)]
     pub nats_url: String,
 
-    /// PostgreSQL URL; the database is created if it does not exist.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/aggregator", value_parser = parse_database_url)]
+    /// PostgreSQL URL; the database is created if it does not exist. TLS the libpq way:
+    /// `?sslmode=verify-full&sslrootcert=ca.pem` (also `sslcert`, `sslkey`). Also read from
+    /// the file DATABASE_URL_FILE (`--help` does not show the value).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = "postgres://postgres@127.0.0.1:5432/aggregator", value_parser = parse_database_url)]
     pub database_url: String,
 
     /// Address the HTTP API listens on.
