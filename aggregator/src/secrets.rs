@@ -48,6 +48,53 @@ pub fn resolve(
     Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
 }
 
+/// A clap value parser for a URL that may hold a password: clap's own error would quote the
+/// whole value, so the error is written here from the check's message alone (which must quote
+/// the value only through [`redact`]).
+#[derive(Clone)]
+pub struct SecretUrl(pub fn(&str) -> Result<String, String>);
+
+impl clap::builder::TypedValueParser for SecretUrl {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let name = arg.map(ToString::to_string).unwrap_or_default();
+        let checked = match value.to_str() {
+            Some(s) => (self.0)(s),
+            None => Err("the value is not valid UTF-8".into()),
+        };
+        checked.map_err(|e| {
+            let message = format!("invalid value for '{name}': {e}\n");
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(cmd)
+        })
+    }
+}
+
+/// `url` with the password of each comma-separated `scheme://user:password@host` replaced by
+/// `***`, fit for an error message or a log line.
+pub fn redact(url: &str) -> String {
+    let parts: Vec<String> = url
+        .split(',')
+        .map(|part| {
+            let start = part.find("://").map_or(0, |i| i + 3);
+            let authority_end = part[start..].find('/').map_or(part.len(), |i| start + i);
+            let Some(at) = part[start..authority_end].rfind('@').map(|i| start + i) else {
+                return part.to_owned();
+            };
+            match part[start..at].find(':') {
+                Some(colon) => format!("{}:***{}", &part[..start + colon], &part[at..]),
+                None => part.to_owned(),
+            }
+        })
+        .collect();
+    parts.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +140,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.starts_with("DATABASE_URL_FILE: "), "{err}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:s3cret@h:5432/db?sslmode=require"),
+            "postgres://u:***@h:5432/db?sslmode=require"
+        );
+        assert_eq!(
+            redact("nats://a:b@h1:4222, nats://h2:4222"),
+            "nats://a:***@h1:4222, nats://h2:4222"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("tok@h"), "tok@h");
     }
 
     #[test]
