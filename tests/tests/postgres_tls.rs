@@ -5,7 +5,8 @@
 //! naming `DATABASE_URL` instead of a retry loop.
 
 use integration_tests::{
-    assert_consistent, int, run_publisher, strip_ansi, Aggregator, PgTls, Postgres, TestEnv,
+    assert_consistent, eventually, int, run_publisher, strip_ansi, Aggregator, PgTls, Postgres,
+    TestEnv,
 };
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -13,6 +14,7 @@ use rcgen::{
 };
 use sqlx::{Connection, PgConnection};
 use std::path::Path;
+use std::time::Duration;
 
 /// A certificate authority made for one test.
 struct Ca {
@@ -212,4 +214,105 @@ async fn verify_full_by_ip_address_works_and_refusals_stop_start_up_naming_datab
             "{tls}: the error must name DATABASE_URL: {errors:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_not_up_yet_is_waited_for_not_a_start_up_error() {
+    let ca = Ca::new("aggregator test CA");
+    let mut env = tls_env(&ca, HOSTSSL_ONLY).await;
+    let ca_file = write(env.work_dir(), "ca.pem", &ca.cert.pem());
+    env.pg.stop();
+    let database_url = url(
+        &env,
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca_file}"),
+    );
+    let mut agg = Aggregator::spawn_no_wait(&env, &[("DATABASE_URL", database_url.as_str())]).await;
+    // A refused connection is transient: logged and retried, the process stays up.
+    let log = agg.log_path().to_path_buf();
+    eventually("a retried connection", Duration::from_secs(60), || {
+        let log = log.clone();
+        async move {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.matches("PostgreSQL not available yet").count() >= 2)
+        }
+    })
+    .await;
+    assert!(agg.is_running(), "{}", agg.log_tail());
+    env.pg.start().await;
+    agg.wait_ready().await;
+    assert_eq!(agg.terminate().await.code(), Some(0));
+}
+
+/// `postgres` may connect over TLS (the harness); `certuser` only with a client certificate
+/// whose common name is its name, signed by the server's CA.
+const CLIENT_CERT_HBA: &str = "local all all trust\n\
+                               hostssl all postgres 127.0.0.1/32 trust\n\
+                               hostssl all postgres ::1/128 trust\n\
+                               hostssl all certuser 127.0.0.1/32 cert\n\
+                               hostssl all certuser ::1/128 cert\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_authentication_counts_exactly_and_without_it_start_up_fails() {
+    let ca = Ca::new("aggregator test CA");
+    let env = tls_env(&ca, CLIENT_CERT_HBA).await;
+    let admin = env.pg.pool("postgres").await;
+    sqlx::query("CREATE ROLE certuser LOGIN CREATEDB")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let dir = env.work_dir();
+    let ca_file = write(dir, "ca.pem", &ca.cert.pem());
+    let (cert, key) = ca.issue("certuser", &[], ExtendedKeyUsagePurpose::ClientAuth);
+    let (cert, key) = (
+        write(dir, "client.crt", &cert),
+        write(dir, "client.key", &key),
+    );
+    let other = Ca::new("someone else's CA");
+    let (bad_cert, bad_key) = other.issue("certuser", &[], ExtendedKeyUsagePurpose::ClientAuth);
+    let bad_cert = write(dir, "other-client.crt", &bad_cert);
+    let bad_key = write(dir, "other-client.key", &bad_key);
+    let verify = format!("sslmode=verify-full&sslrootcert={ca_file}");
+    let as_certuser = |tls: &str| {
+        format!(
+            "postgres://certuser@localhost:{}/aggregator?{tls}",
+            env.pg.port()
+        )
+    };
+
+    let cases = [
+        // No client certificate: pg_hba.conf's `cert` refuses the login.
+        verify.clone(),
+        // A client certificate from a CA the server does not trust: the handshake fails.
+        format!("{verify}&sslcert={bad_cert}&sslkey={bad_key}"),
+    ];
+    for tls in cases {
+        let database_url = as_certuser(&tls);
+        let errors = start_up_errors(&env, &[("DATABASE_URL", database_url.as_str())]).await;
+        eprintln!("{tls} -> {errors:?}");
+        assert_eq!(
+            errors.len(),
+            1,
+            "{tls}: one error line expected: {errors:?}"
+        );
+        assert!(errors[0].contains("DATABASE_URL"), "{tls}: {errors:?}");
+    }
+
+    let database_url = as_certuser(&format!("{verify}&sslcert={cert}&sslkey={key}"));
+    let mut agg = Aggregator::spawn(&env, &[("DATABASE_URL", database_url.as_str())]).await;
+    publish_and_count(&env, &mut agg).await;
+    let (sessions, all_tls): (i64, bool) = sqlx::query_as(
+        "SELECT count(*), coalesce(bool_and(s.ssl AND s.client_dn = '/CN=certuser'), false)
+         FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+         WHERE a.usename = 'certuser'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert!(sessions >= 1, "certuser has no session");
+    assert!(
+        all_tls,
+        "every certuser session must use TLS with its certificate"
+    );
+    agg.terminate().await;
 }
