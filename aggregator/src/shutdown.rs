@@ -46,8 +46,8 @@ pub async fn pause(shutdown: &CancellationToken, d: Duration) {
     }
 }
 
-/// An error that retrying cannot fix (a certificate or credentials the server refuses): attached
-/// as context, it makes [`retry_unless_permanent`] stop and hand the error back, so start-up
+/// An error that retrying cannot fix (a certificate or credentials the server refuses): as the
+/// error or attached as context, it makes [`retry_unless_permanent`] stop and hand the error back, so start-up
 /// fails with one line instead of logging the same refusal forever.
 #[derive(Debug)]
 pub struct Permanent(pub String);
@@ -57,6 +57,8 @@ impl std::fmt::Display for Permanent {
         f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for Permanent {}
 
 /// Calls `f` until it succeeds (logging each failure, waiting longer after each), or
 /// `shutdown` is cancelled (`None`).

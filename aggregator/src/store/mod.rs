@@ -212,11 +212,11 @@ impl Store {
 /// it (naming `DATABASE_URL`) instead of waiting forever.
 fn connect_error(err: sqlx::Error) -> anyhow::Error {
     if is_permanent_connect_error(&err) {
-        anyhow::Error::new(err).context(Permanent(
-            "DATABASE_URL: PostgreSQL refused the connection, and retrying cannot help \
-             (check sslmode, sslrootcert, sslcert/sslkey, the credentials and pg_hba.conf)"
-                .into(),
-        ))
+        // One message, not a chain: sqlx's error repeats its source in its own text.
+        anyhow::Error::new(Permanent(format!(
+            "DATABASE_URL: PostgreSQL refused the connection and retrying cannot help \
+             (check sslmode, sslrootcert, sslcert/sslkey, the credentials, pg_hba.conf): {err}"
+        )))
     } else {
         anyhow::Error::new(err).context("connecting to PostgreSQL (DATABASE_URL)")
     }
@@ -300,5 +300,25 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
         | sqlx::Error::InvalidArgument(_) => false,
         // Io, Tls, Protocol, PoolTimedOut, PoolClosed, WorkerCrashed, Configuration, ...
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_permanent_connect_error;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn a_refused_connection_is_retried_a_refused_certificate_is_not() {
+        let io = |kind| sqlx::Error::Io(Error::new(kind, "x"));
+        assert!(!is_permanent_connect_error(&io(
+            ErrorKind::ConnectionRefused
+        )));
+        assert!(!is_permanent_connect_error(&io(ErrorKind::ConnectionReset)));
+        assert!(!is_permanent_connect_error(&sqlx::Error::PoolTimedOut));
+        assert!(is_permanent_connect_error(&io(ErrorKind::InvalidData)));
+        assert!(is_permanent_connect_error(&sqlx::Error::Tls(
+            "server does not support TLS".into()
+        )));
     }
 }
