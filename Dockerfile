@@ -39,7 +39,8 @@ RUN find shared publisher aggregator tests -path '*/src/*' -name '*.rs' -exec to
 # --- runtime --------------------------------------------------------------------------------
 FROM debian:bookworm-slim
 
-# The binaries link only glibc (TLS is rustls); ca-certificates for TLS to NATS/Postgres,
+# The binaries link only glibc (TLS to NATS and Postgres is rustls); ca-certificates are the
+# system roots both trust (Postgres: besides a sslrootcert in DATABASE_URL),
 # curl for the health check.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \

@@ -4,6 +4,7 @@
 //! (DESIGN.md, "Aggregator configuration"). Values are parsed and checked here, so a bad one
 //! stops start-up with one line naming the variable instead of failing later at run time.
 
+use crate::secrets::{redact, SecretUrl};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,11 +55,14 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// NATS server URL(s), comma-separated for a cluster.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", value_parser = parse_nats_url)]
+    /// May carry user:password (`--help` does not show the value).
+    #[arg(long, env = "NATS_URL", hide_env_values = true, default_value = "nats://127.0.0.1:4222", value_parser = SecretUrl(parse_nats_url))]
     pub nats_url: String,
 
-    /// PostgreSQL URL; the database is created if it does not exist.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/aggregator", value_parser = parse_database_url)]
+    /// PostgreSQL URL; the database is created if it does not exist. TLS the libpq way:
+    /// `?sslmode=verify-full&sslrootcert=ca.pem` (also `sslcert`, `sslkey`). Also read from
+    /// the file DATABASE_URL_FILE (`--help` does not show the value).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = "postgres://postgres@127.0.0.1:5432/aggregator", value_parser = SecretUrl(parse_database_url))]
     pub database_url: String,
 
     /// Address the HTTP API listens on.
@@ -278,7 +282,8 @@ fn parse_nats_url(s: &str) -> Result<String, String> {
                 .unwrap_or(!hostport.contains('/'));
         if !ok {
             return Err(format!(
-                "{part:?} is not a NATS URL (expected nats://host:port, comma-separated for a cluster)"
+                "{:?} is not a NATS URL (expected nats://host:port, comma-separated for a cluster)",
+                redact(part)
             ));
         }
     }
@@ -288,11 +293,37 @@ fn parse_nats_url(s: &str) -> Result<String, String> {
 fn parse_database_url(s: &str) -> Result<String, String> {
     use std::str::FromStr;
     if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
-        return Err(format!("{s:?} is not a postgres:// URL"));
+        return Err(format!("{:?} is not a postgres:// URL", redact(s)));
     }
     sqlx::postgres::PgConnectOptions::from_str(s)
-        .map_err(|e| format!("{s:?} is not a valid PostgreSQL URL: {e}"))?;
+        .map_err(|e| format!("{:?} is not a valid PostgreSQL URL: {e}", redact(s)))?;
+    check_tls_files(s)?;
     Ok(s.to_owned())
+}
+
+/// The certificate and key files named in a PostgreSQL URL can be read: otherwise every
+/// connection attempt would fail with a bare "No such file or directory", retried forever.
+fn check_tls_files(s: &str) -> Result<(), String> {
+    const FILE_KEYS: &[&str] = &[
+        "sslrootcert",
+        "ssl-root-cert",
+        "ssl-ca",
+        "sslcert",
+        "ssl-cert",
+        "sslkey",
+        "ssl-key",
+    ];
+    let Ok(url) = url::Url::parse(s) else {
+        return Ok(());
+    };
+    for (key, value) in url.query_pairs() {
+        // sqlx also takes the PEM text itself in place of a file name.
+        if FILE_KEYS.contains(&key.as_ref()) && !value.starts_with("-----BEGIN") {
+            std::fs::File::open(value.as_ref())
+                .map_err(|e| format!("{key}={value}: cannot read the file: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn parse_name(s: &str) -> Result<String, String> {
@@ -341,6 +372,17 @@ mod tests {
         assert!(err.to_string().contains("WORKERS"), "{err}");
         let err = Cli::try_parse_from(["aggregator", "--nats-url", "nats://:x"]).unwrap_err();
         assert!(err.to_string().contains("NATS_URL"), "{err}");
+        let url = "postgres://u:s3cret@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem";
+        let err = Cli::try_parse_from(["aggregator", "--database-url", url]).unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.contains("DATABASE_URL") && err.contains("sslrootcert"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+        let err =
+            Cli::try_parse_from(["aggregator", "--nats-url", "nats://u:s3cret@:x"]).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
         for var in [
             "write-timeout",
             "request-timeout",

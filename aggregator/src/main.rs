@@ -2,11 +2,16 @@
 
 use aggregator::config::{Cli, Command};
 use aggregator::settings::Settings;
-use aggregator::{shutdown, startup, store::Store, telemetry};
+use aggregator::{secrets, shutdown, startup, store::Store, telemetry};
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Secrets given as files become variables first (still one thread: no runtime yet).
+    if let Err(e) = secrets::load() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     // Invalid configuration exits here with a one-line error naming the variable.
     let cli = Cli::parse();
     if let Err(e) = cli.config.validate() {

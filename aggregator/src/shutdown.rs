@@ -46,28 +46,71 @@ pub async fn pause(shutdown: &CancellationToken, d: Duration) {
     }
 }
 
+/// An error that retrying cannot fix (a certificate or credentials the server refuses): as the
+/// error or attached as context, it makes [`retry_unless_permanent`] stop and hand the error back, so start-up
+/// fails with one line instead of logging the same refusal forever.
+#[derive(Debug)]
+pub struct Permanent(pub String);
+
+impl std::fmt::Display for Permanent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Permanent {}
+
 /// Calls `f` until it succeeds (logging each failure, waiting longer after each), or
 /// `shutdown` is cancelled (`None`).
-pub async fn retry_until<T, F, Fut>(what: &str, shutdown: &CancellationToken, mut f: F) -> Option<T>
+pub async fn retry_until<T, F, Fut>(what: &str, shutdown: &CancellationToken, f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    retry(what, shutdown, f, false).await.ok().flatten()
+}
+
+/// [`retry_until`], except that an error carrying [`Permanent`] ends it at once (`Err`).
+pub async fn retry_unless_permanent<T, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    f: F,
+) -> anyhow::Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    retry(what, shutdown, f, true).await
+}
+
+async fn retry<T, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut f: F,
+    stop_on_permanent: bool,
+) -> anyhow::Result<Option<T>>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
     for attempt in 1.. {
         let result = tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return Ok(None),
             r = f() => r,
         };
         let e = match result {
-            Ok(v) => return Some(v),
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if stop_on_permanent && e.downcast_ref::<Permanent>().is_some() => {
+                return Err(e)
+            }
             Err(e) => e,
         };
         let delay = RETRY.delay(attempt);
         tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "{what} not available yet");
         pause(shutdown, delay).await;
         if shutdown.is_cancelled() {
-            return None;
+            return Ok(None);
         }
     }
-    None
+    Ok(None)
 }

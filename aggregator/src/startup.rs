@@ -13,7 +13,7 @@ use crate::guard::WriteGuard;
 use crate::intake::{BufferCount, Delivery, Intake};
 use crate::replay::Monitor;
 use crate::settings::Settings;
-use crate::shutdown::{retry_until, CancellationToken};
+use crate::shutdown::{retry_unless_permanent, retry_until, CancellationToken};
 use crate::source::JetStreamSource;
 use crate::store::batch::COUNTER_SHARDS;
 use crate::store::Store;
@@ -108,10 +108,12 @@ async fn run_pipeline(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let store_settings = &settings.store;
-    let Some(store) = retry_until("PostgreSQL", shutdown, || {
+    // Postgres still starting is waited for; a refusal that will not change (TLS, a
+    // certificate, credentials, pg_hba.conf) stops start-up with its reason.
+    let Some(store) = retry_unless_permanent("PostgreSQL", shutdown, || {
         Store::connect(&store_settings.database_url, store_settings.pool_size)
     })
-    .await
+    .await?
     else {
         return Ok(());
     };

@@ -70,6 +70,16 @@ impl Aggregator {
     /// Spawns the aggregator without waiting for readiness (e.g. to test start-up
     /// failures with [`Aggregator::wait_exit`]).
     pub async fn spawn_no_wait(env: &TestEnv, extra_env: &[(&str, &str)]) -> Aggregator {
+        Aggregator::spawn_without(env, &[], extra_env).await
+    }
+
+    /// [`Aggregator::spawn_no_wait`] without the default variables named in `unset` (e.g.
+    /// `DATABASE_URL`, to give it as `DATABASE_URL_FILE` instead).
+    pub async fn spawn_without(
+        env: &TestEnv,
+        unset: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Aggregator {
         let bin = aggregator_bin().await;
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let work = env.work_dir();
@@ -83,6 +93,7 @@ impl Aggregator {
         set_var(&mut vars, "HTTP_ADDR", "127.0.0.1:0");
         set_var(&mut vars, "WAL_PATH", &default_wal.to_string_lossy());
         set_var(&mut vars, "RUST_LOG", "info");
+        vars.retain(|(k, _)| !unset.contains(&k.as_str()));
         for (k, v) in extra_env {
             set_var(&mut vars, k, v);
         }

@@ -34,6 +34,15 @@ impl TestEnv {
         }
     }
 
+    /// Starts a private NATS server beside `pg` (e.g. a [`Postgres::with_tls`] cluster).
+    pub async fn with_postgres(pg: Postgres) -> TestEnv {
+        TestEnv {
+            nats: Nats::new().await,
+            pg,
+            work: TempDir::new("env"),
+        }
+    }
+
     /// `postgres://postgres@127.0.0.1:<port>/aggregator` (the aggregator creates the
     /// database if it is missing).
     pub fn database_url(&self) -> String {

@@ -32,7 +32,7 @@ pub use binaries::{aggregator_bin, publisher_bin, workspace_root};
 pub use cluster::NatsCluster;
 pub use env::{TestEnv, AGGREGATOR_DB};
 pub use nats::Nats;
-pub use postgres::Postgres;
+pub use postgres::{PgTls, Postgres};
 pub use publish::{
     event_json, publish_in_background, publish_raw, run_publisher, run_publisher_at,
 };

@@ -182,6 +182,44 @@ fn ensure_template() -> PathBuf {
     final_dir
 }
 
+/// TLS of a private cluster: PEM contents of the server's certificate and key and of the CA
+/// it trusts for client certificates, and the whole `pg_hba.conf` (e.g. only `hostssl`
+/// lines, so that plaintext TCP connections are refused).
+#[derive(Debug, Clone)]
+pub struct PgTls {
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+    pub ca_pem: String,
+    pub hba: String,
+}
+
+impl PgTls {
+    /// Writes the files into `dir` (owned by `postgres`, the key 0600 as the server demands)
+    /// and `pg_hba.conf` into `data`; returns the server settings that use them.
+    fn install(&self, dir: &Path, data: &Path) -> Vec<String> {
+        let write = |name: &str, text: &str, mode: u32| {
+            let path = dir.join(name);
+            fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+            chown_to_postgres(&path);
+            path.display().to_string()
+        };
+        let cert = write("server.crt", &self.server_cert_pem, 0o644);
+        let key = write("server.key", &self.server_key_pem, 0o600);
+        let ca = write("ca.crt", &self.ca_pem, 0o644);
+        let hba = data.join("pg_hba.conf");
+        fs::write(&hba, &self.hba).unwrap_or_else(|e| panic!("write {}: {e}", hba.display()));
+        chown_to_postgres(&hba);
+        vec![
+            "ssl=on".into(),
+            format!("ssl_cert_file={cert}"),
+            format!("ssl_key_file={key}"),
+            format!("ssl_ca_file={ca}"),
+        ]
+    }
+}
+
 /// Why a start attempt failed.
 #[derive(Debug)]
 enum StartError {
@@ -209,6 +247,8 @@ pub struct Postgres {
     port: u16,
     child: Option<Child>,
     paused: bool,
+    /// `-c` settings of a cluster started by [`Postgres::with_tls`].
+    tls_settings: Vec<String>,
     // Declared last: removed after the processes are dead.
     dir: TempDir,
 }
@@ -217,6 +257,17 @@ impl Postgres {
     /// Creates a cluster from the cached template, starts it on a free port and waits
     /// until a connection to database `postgres` succeeds.
     pub async fn new() -> Postgres {
+        Postgres::create(None).await
+    }
+
+    /// Like [`Postgres::new`], with TLS on (`ssl=on` with `tls`'s certificate, key and CA)
+    /// and `tls.hba` as `pg_hba.conf`. The harness's own connections (`url`, `pool`) use
+    /// `sslmode=prefer`, so they go over TLS too.
+    pub async fn with_tls(tls: PgTls) -> Postgres {
+        Postgres::create(Some(tls)).await
+    }
+
+    async fn create(tls: Option<PgTls>) -> Postgres {
         let template = tokio::task::spawn_blocking(ensure_template)
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
@@ -252,10 +303,15 @@ impl Postgres {
         );
         fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).expect("chmod data");
 
+        let tls_settings = match &tls {
+            Some(tls) => tls.install(dir.path(), &data),
+            None => Vec::new(),
+        };
         let mut pg = Postgres {
             port: 0,
             child: None,
             paused: false,
+            tls_settings,
             dir,
         };
         for attempt in 1..=5 {
@@ -302,6 +358,7 @@ impl Postgres {
                 "-c",
                 "shared_buffers=128MB",
             ])
+            .args(self.tls_settings.iter().flat_map(|c| ["-c", c.as_str()]))
             .current_dir(self.dir.path())
             .uid(inst.uid.as_raw())
             .gid(inst.gid.as_raw());

@@ -12,6 +12,7 @@ pub mod batch;
 pub mod compact;
 pub mod queries;
 
+use crate::shutdown::Permanent;
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
@@ -46,6 +47,8 @@ impl Store {
             ])
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
+        // The maintenance connection is a clone of these options: same TLS mode, certificates
+        // and credentials as every pool connection.
         create_database_if_missing(&options).await?;
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
@@ -53,7 +56,7 @@ impl Store {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await
-            .context("connecting to PostgreSQL")?;
+            .map_err(connect_error)?;
         MIGRATOR
             .run(&pool)
             .await
@@ -205,6 +208,36 @@ impl Store {
     }
 }
 
+/// A failed connection, marked [`Permanent`] when retrying cannot help, so start-up stops with
+/// it (naming `DATABASE_URL`) instead of waiting forever.
+fn connect_error(err: sqlx::Error) -> anyhow::Error {
+    if is_permanent_connect_error(&err) {
+        // One message, not a chain: sqlx's error repeats its source in its own text.
+        anyhow::Error::new(Permanent(format!(
+            "DATABASE_URL: PostgreSQL refused the connection and retrying cannot help \
+             (check sslmode, sslrootcert, sslcert/sslkey, the credentials, pg_hba.conf): {err}"
+        )))
+    } else {
+        anyhow::Error::new(err).context("connecting to PostgreSQL (DATABASE_URL)")
+    }
+}
+
+/// Whether a failed connection attempt will fail the same way every time: TLS the server does
+/// not offer, a certificate not trusted or not valid for the host, an unusable key or
+/// certificate file, or the server refusing the client (SQLSTATE class 28: bad credentials,
+/// no `pg_hba.conf` entry, e.g. plaintext where only `hostssl` is allowed). A refused or
+/// reset connection (Postgres starting or restarting) and everything else are retried.
+pub fn is_permanent_connect_error(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => true,
+        // rustls reports a failed handshake (unknown issuer, wrong name, an alert from the
+        // server rejecting our certificate) as invalid data on the socket.
+        sqlx::Error::Io(e) => e.kind() == std::io::ErrorKind::InvalidData,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("28")),
+        _ => false,
+    }
+}
+
 /// `CREATE DATABASE` when the target database does not exist yet. Several replicas may race
 /// here; losing the race is fine.
 async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
@@ -267,5 +300,25 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
         | sqlx::Error::InvalidArgument(_) => false,
         // Io, Tls, Protocol, PoolTimedOut, PoolClosed, WorkerCrashed, Configuration, ...
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_permanent_connect_error;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn a_refused_connection_is_retried_a_refused_certificate_is_not() {
+        let io = |kind| sqlx::Error::Io(Error::new(kind, "x"));
+        assert!(!is_permanent_connect_error(&io(
+            ErrorKind::ConnectionRefused
+        )));
+        assert!(!is_permanent_connect_error(&io(ErrorKind::ConnectionReset)));
+        assert!(!is_permanent_connect_error(&sqlx::Error::PoolTimedOut));
+        assert!(is_permanent_connect_error(&io(ErrorKind::InvalidData)));
+        assert!(is_permanent_connect_error(&sqlx::Error::Tls(
+            "server does not support TLS".into()
+        )));
     }
 }

@@ -40,6 +40,15 @@ async fn bad_configuration_exits_with_one_line_naming_the_variable() {
         ("WAL_MAX_SIZE", "1000"),
         ("MAX_RETRIES", "0"),
         ("API_TOKEN", ""),
+        // A certificate file that cannot be read (not a retry loop at every connection).
+        (
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+        ),
+        // Secrets from files: DATABASE_URL is set too (both set), the others unreadable.
+        ("DATABASE_URL_FILE", "/nonexistent/database-url"),
+        ("API_TOKEN_FILE", "/nonexistent/api-token"),
+        ("API_READ_TOKEN_FILE", "/nonexistent/api-read-token"),
     ];
     let nats = env.nats_url();
     let db = env.database_url();
@@ -82,5 +91,45 @@ async fn bad_configuration_exits_with_one_line_naming_the_variable() {
             "{var}={value:?}: the error line must name {var}: {:?}\n{stderr}",
             error_lines[0]
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neither_help_nor_a_configuration_error_prints_a_password() {
+    let secrets = ["s3cret-db", "s3cret-nats", "s3cret-token"];
+    let vars = [
+        (
+            "DATABASE_URL",
+            "postgres://u:s3cret-db@127.0.0.1:5/aggregator",
+        ),
+        ("NATS_URL", "nats://u:s3cret-nats@127.0.0.1:4"),
+        ("API_TOKEN", "s3cret-token"),
+    ];
+    let (status, stdout, stderr) =
+        run_aggregator_cmd(&["--help"], &vars, Duration::from_secs(20)).await;
+    assert!(status.success(), "--help -> {status}\n{stderr}");
+    assert!(stdout.contains("DATABASE_URL"), "{stdout}");
+    for secret in secrets {
+        assert!(!stdout.contains(secret), "--help shows {secret}:\n{stdout}");
+    }
+    let bad_urls = [
+        (
+            "DATABASE_URL",
+            "postgres://u:s3cret-db@127.0.0.1:port/aggregator",
+        ),
+        ("NATS_URL", "nats://u:s3cret-nats@:x"),
+    ];
+    for (var, value) in bad_urls {
+        let (status, stdout, stderr) =
+            run_aggregator_cmd(&[], &[(var, value)], Duration::from_secs(20)).await;
+        assert!(!status.success(), "{var}: must fail");
+        assert!(stderr.contains(var), "{var}: {stderr}");
+        for secret in secrets {
+            let all = format!("{stdout}{stderr}");
+            assert!(
+                !all.contains(secret),
+                "{var}: the error shows {secret}:\n{all}"
+            );
+        }
     }
 }
