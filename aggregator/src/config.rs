@@ -54,8 +54,13 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// NATS server URL(s), comma-separated for a cluster.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", value_parser = parse_nats_url)]
+    // The URL may carry a password (nats://user:password@host): --help does not print it.
+    #[arg(long, env = "NATS_URL", hide_env_values = true, default_value = "nats://127.0.0.1:4222", value_parser = parse_nats_url)]
     pub nats_url: String,
+
+    /// NATS authentication and TLS (`NATS_CREDS`, `NATS_TOKEN`, `NATS_TLS_CA`, ...).
+    #[command(flatten)]
+    pub nats: shared::nats::NatsArgs,
 
     /// PostgreSQL URL; the database is created if it does not exist.
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/aggregator", value_parser = parse_database_url)]
@@ -191,6 +196,7 @@ pub struct Config {
 impl Config {
     /// Checks what no single value can: a bad combination names the variable to change.
     pub fn validate(&self) -> Result<(), String> {
+        self.nats.check(&self.nats_url)?;
         let batch_bytes = u64::from(self.batch_size)
             .saturating_mul(u64::from(self.max_payload_bytes) + WAL_ENTRY_OVERHEAD);
         if self.wal_max_size < batch_bytes {

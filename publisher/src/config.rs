@@ -65,8 +65,14 @@ pub struct Config {
     pub rate: Option<f64>,
 
     /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
+    // It may carry a password (nats://user:password@host): --help does not print it.
+    #[arg(long, env = "NATS_URL", hide_env_values = true, default_value = DEFAULT_NATS_URL)]
     pub nats_url: String,
+
+    /// NATS authentication and TLS (`NATS_CREDS`, `NATS_TOKEN`, `NATS_TLS_CA`, ...), as for
+    /// the aggregator.
+    #[command(flatten)]
+    pub nats: shared::nats::NatsArgs,
 
     /// Subjects are `<prefix>.<topic>`.
     #[arg(long, env = "SUBJECT_PREFIX", default_value = shared::subject::DEFAULT_PREFIX,
@@ -121,6 +127,7 @@ impl Default for Config {
             seed: None,
             rate: None,
             nats_url: DEFAULT_NATS_URL.to_owned(),
+            nats: shared::nats::NatsArgs::default(),
             subject_prefix: shared::subject::DEFAULT_PREFIX.to_owned(),
             via: Via::Nats,
             url: DEFAULT_URL.to_owned(),

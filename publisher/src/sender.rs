@@ -175,18 +175,27 @@ fn no_stream_message(subject: &str, prefix: &str) -> String {
 impl NatsSink {
     async fn connect(config: &Config, topics: &[String], run_id: &str) -> anyhow::Result<Self> {
         let url = config.nats_url.as_str();
-        // A cluster is a comma-separated list of servers.
-        let servers = shared::subject::nats_servers(url)
-            .into_iter()
-            .map(|u| u.parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("{url:?} is not a list of NATS URLs"))?;
-        let client = async_nats::ConnectOptions::new()
+        // A cluster is a comma-separated list of servers. A bad setting, refused credentials
+        // or an untrusted certificate is one line naming the variable.
+        let (options, servers) = config
+            .nats
+            .connect_options(url)
+            .map_err(anyhow::Error::msg)?;
+        let client = match options
             .name("publisher")
             .connection_timeout(CONNECT_TIMEOUT)
             .connect(servers)
             .await
-            .with_context(|| format!("cannot connect to NATS at {url}"))?;
+        {
+            Ok(client) => client,
+            Err(e) => match config.nats.classify(url, &e) {
+                Err(permanent) => bail!(permanent),
+                Ok(reason) => bail!(
+                    "cannot connect to NATS at {}: {reason}",
+                    shared::nats::redact_url(url)
+                ),
+            },
+        };
         let js = async_nats::jetstream::new(client);
         let prefix = config.subject_prefix.clone();
         let subjects: Vec<Subject> = topics
