@@ -25,6 +25,7 @@ pub mod env;
 pub mod nats;
 pub mod postgres;
 pub mod publish;
+pub mod secure;
 pub mod util;
 
 pub use aggregator::Aggregator;
@@ -34,8 +35,10 @@ pub use env::{TestEnv, AGGREGATOR_DB};
 pub use nats::Nats;
 pub use postgres::Postgres;
 pub use publish::{
-    event_json, publish_in_background, publish_raw, run_publisher, run_publisher_at,
+    event_json, publish_in_background, publish_raw, publisher_output, run_publisher,
+    run_publisher_at, run_publisher_with,
 };
+pub use secure::{AuthMode, Security};
 pub use util::{
     assert_consistent, count, create_stream, eventually, file_tail, free_port, int, metric_sum,
     strip_ansi, wait_compacted, TempDir,
