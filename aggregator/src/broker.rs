@@ -39,23 +39,15 @@ pub async fn connect(config: &BrokerSettings) -> anyhow::Result<async_nats::Clie
     let mut attempt = 0u32;
     loop {
         attempt = attempt.saturating_add(1);
-        let (options, servers) = config
-            .nats
-            .connect_options(url)
-            .map_err(anyhow::Error::msg)?;
-        let err = match options
-            .name("aggregator")
-            .connection_timeout(Duration::from_secs(5))
-            .connect(servers)
-            .await
-        {
+        let connecting = config.nats.connect(url, |o| {
+            o.name("aggregator")
+                .connection_timeout(Duration::from_secs(5))
+        });
+        let reason = match connecting.await {
             Ok(client) => return Ok(client),
-            Err(e) => e,
+            // `Ok(reason)`: worth another attempt; `Err(line)`: start-up ends with it.
+            Err(failure) => failure.map_err(anyhow::Error::msg)?,
         };
-        let reason = config
-            .nats
-            .classify(url, &err)
-            .map_err(anyhow::Error::msg)?;
         let delay = CONNECT_RETRY.delay(attempt);
         tracing::warn!(
             url = %shared::nats::redact_url(url),

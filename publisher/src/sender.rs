@@ -177,25 +177,16 @@ impl NatsSink {
         let url = config.nats_url.as_str();
         // A cluster is a comma-separated list of servers. A bad setting, refused credentials
         // or an untrusted certificate is one line naming the variable.
-        let (options, servers) = config
-            .nats
-            .connect_options(url)
-            .map_err(anyhow::Error::msg)?;
-        let client = match options
-            .name("publisher")
-            .connection_timeout(CONNECT_TIMEOUT)
-            .connect(servers)
-            .await
-        {
-            Ok(client) => client,
-            Err(e) => match config.nats.classify(url, &e) {
-                Err(permanent) => bail!(permanent),
-                Ok(reason) => bail!(
-                    "cannot connect to NATS at {}: {reason}",
-                    shared::nats::redact_url(url)
-                ),
-            },
-        };
+        let connecting = config.nats.connect(url, |o| {
+            o.name("publisher").connection_timeout(CONNECT_TIMEOUT)
+        });
+        let client = connecting.await.map_err(|failure| match failure {
+            Err(permanent) => anyhow::anyhow!(permanent),
+            Ok(reason) => anyhow::anyhow!(
+                "cannot connect to NATS at {}: {reason}",
+                shared::nats::redact_url(url)
+            ),
+        })?;
         let js = async_nats::jetstream::new(client);
         let prefix = config.subject_prefix.clone();
         let subjects: Vec<Subject> = topics

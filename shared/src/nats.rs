@@ -287,6 +287,21 @@ impl NatsArgs {
         Ok((options, servers))
     }
 
+    /// One connection attempt with these settings, `configure` adding the caller's name and
+    /// timeouts. A failure is `Ok(reason)` when a later attempt may succeed, `Err(line)` when
+    /// none will (see [`Self::classify`]).
+    pub async fn connect(
+        &self,
+        url: &str,
+        configure: impl FnOnce(ConnectOptions) -> ConnectOptions,
+    ) -> Result<async_nats::Client, Result<String, String>> {
+        let (options, servers) = self.connect_options(url).map_err(Err)?;
+        match configure(options).connect(servers).await {
+            Ok(client) => Ok(client),
+            Err(e) => Err(self.classify(url, &e)),
+        }
+    }
+
     /// Whether a failed connection attempt can succeed later (the server is not up yet, the
     /// network is down) or never will with these settings (`Err`: one line naming the
     /// variable to change).
