@@ -153,6 +153,10 @@ const EXAMPLES: &str = "\
   # Through the aggregator's POST /publish, with a bearer token (or set API_TOKEN)
   publisher --via http --url http://127.0.0.1:8080 --api-token \"$API_TOKEN\" --count 5000
 
+  # To a NATS server with TLS and a password (or NATS_CREDS, NATS_NKEY, NATS_TOKEN)
+  NATS_PASSWORD=\"$SECRET\" publisher --nats-url tls://nats.example:4222 --nats-tls-ca ca.pem \\
+    --nats-user publisher --count 5000
+
   # For scripts: exactly one JSON object on stdout, nothing else
   publisher --count 20000 --duplicate-rate 0.3 --summary json --no-progress
   # {\"published\":20000,\"unique\":14000,\"duplicates\":6000,\"failed\":0,
@@ -285,6 +289,7 @@ mod tests {
             "--count 20000 --duplicate-rate 0.3 --topics 10 --seed 42",
             "--rate 2000",
             "--via http --url http://127.0.0.1:8080 --api-token",
+            "--nats-url tls://nats.example:4222 --nats-tls-ca ca.pem",
             "--summary json",
         ] {
             assert!(
