@@ -127,20 +127,24 @@ fn url_credentials(url: &str) -> Result<Option<(String, Option<String>)>, String
 pub fn redact_url(url: &str) -> String {
     crate::subject::nats_servers(url)
         .into_iter()
-        .map(|server| {
-            let (scheme, rest) = server.split_once("://").unwrap_or(("", server));
-            let rest = match rest.rsplit_once('@') {
-                Some((_, host)) => format!("***@{host}"),
-                None => rest.to_owned(),
-            };
-            if scheme.is_empty() {
-                rest
-            } else {
-                format!("{scheme}://{rest}")
-            }
-        })
+        .map(|server| with_userinfo(server, Some("***")))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// One server URL with its `user:password@` replaced by `userinfo@`, or dropped.
+fn with_userinfo(server: &str, userinfo: Option<&str>) -> String {
+    let (scheme, rest) = server.split_once("://").unwrap_or(("", server));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let userinfo = match (rest.contains('@'), userinfo) {
+        (true, Some(u)) => format!("{u}@"),
+        _ => String::new(),
+    };
+    if scheme.is_empty() {
+        format!("{userinfo}{host}")
+    } else {
+        format!("{scheme}://{userinfo}{host}")
+    }
 }
 
 /// Reads a file named by `var`, naming the variable when it cannot.
@@ -241,8 +245,11 @@ impl NatsArgs {
     /// the caller adds its name, timeouts and retry policy).
     pub fn connect_options(&self, url: &str) -> Result<(ConnectOptions, Vec<ServerAddr>), String> {
         self.check(url)?;
+        // Without their user info, sent below as options: async-nats ignores it and would
+        // show it wherever it prints a server address.
         let servers = crate::subject::nats_servers(url)
             .into_iter()
+            .map(|u| with_userinfo(u, None))
             .map(|u| u.parse::<ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| {
