@@ -8,6 +8,8 @@
 //! - [`Nats`], [`Postgres`], [`TestEnv`]: the private infrastructure.
 //! - [`Aggregator`]: the `aggregator` binary as a child process, plus HTTP helpers.
 //! - [`run_publisher`], [`publish_raw`], [`event_json`]: ways to feed events in.
+//! - [`Security`]: TLS and authorization for a private NATS server or cluster
+//!   ([`Nats::secured`], [`NatsCluster::start_secured`], [`TestEnv::start_secured`]).
 //! - [`eventually`], [`free_port`]: utilities.
 //!
 //! Every child process is SIGKILLed on drop (also when a test panics) and gets
