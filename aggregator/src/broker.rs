@@ -25,20 +25,38 @@ use std::time::Duration;
 /// Metadata key (and description tag) holding a stream's incarnation token.
 pub const IDENTITY_KEY: &str = "aggregator.incarnation";
 
+/// Waits between connection attempts while NATS is not up yet.
+const CONNECT_RETRY: shared::backoff::Backoff =
+    shared::backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+
+/// Connects to NATS, retrying for as long as the server is unreachable (NATS may start after
+/// the aggregator) but failing at once, with one line naming the variable, when retrying
+/// cannot help: credentials refused, an untrusted certificate, a bad TLS set-up. Each
+/// attempt is a single pass over the servers (no `retry_on_initial_connect`, which would
+/// retry refused credentials forever); once connected, the client reconnects by itself.
 pub async fn connect(config: &BrokerSettings) -> anyhow::Result<async_nats::Client> {
-    // A cluster is a comma-separated list; the client fails over between its servers.
-    let servers = shared::subject::nats_servers(&config.nats_url)
-        .into_iter()
-        .map(|u| u.parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("NATS_URL: {:?} is not a list of NATS URLs", config.nats_url))?;
-    async_nats::ConnectOptions::new()
-        .name("aggregator")
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(servers)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", config.nats_url))
+    let url = &config.nats_url;
+    let mut attempt = 0u32;
+    loop {
+        attempt = attempt.saturating_add(1);
+        let connecting = config.nats.connect(url, |o| {
+            o.name("aggregator")
+                .connection_timeout(Duration::from_secs(5))
+        });
+        let reason = match connecting.await {
+            Ok(client) => return Ok(client),
+            // `Ok(reason)`: worth another attempt; `Err(line)`: start-up ends with it.
+            Err(failure) => failure.map_err(anyhow::Error::msg)?,
+        };
+        let delay = CONNECT_RETRY.delay(attempt);
+        tracing::warn!(
+            url = %shared::nats::redact_url(url),
+            error = %reason,
+            retry_in_ms = delay.as_millis() as u64,
+            "NATS not available yet"
+        );
+        tokio::time::sleep(delay).await;
+    }
 }
 
 pub fn stream_config(config: &BrokerSettings) -> stream::Config {

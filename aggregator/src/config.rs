@@ -4,11 +4,21 @@
 //! (DESIGN.md, "Aggregator configuration"). Values are parsed and checked here, so a bad one
 //! stops start-up with one line naming the variable instead of failing later at run time.
 
-use crate::secrets::{redact, SecretUrl};
 use clap::{Args, Parser, Subcommand};
+use shared::secrets::{redact_url as redact, SecretUrl};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Variables that may also be given as `<NAME>_FILE` (a mounted secret), read by
+/// [`shared::secrets::load`] before the command line is parsed. Adding one is one line here.
+pub const SECRETS_FROM_FILES: &[&str] = &[
+    "DATABASE_URL",
+    "API_TOKEN",
+    "API_READ_TOKEN",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+];
 
 /// `aggregator --version`; a test build says it has failpoints (the test harness checks).
 const VERSION: &str = if cfg!(feature = "failpoints") {
@@ -58,6 +68,10 @@ pub struct Config {
     /// May carry user:password (`--help` does not show the value).
     #[arg(long, env = "NATS_URL", hide_env_values = true, default_value = "nats://127.0.0.1:4222", value_parser = SecretUrl(parse_nats_url))]
     pub nats_url: String,
+
+    /// NATS authentication and TLS (`NATS_CREDS`, `NATS_TOKEN`, `NATS_TLS_CA`, ...).
+    #[command(flatten)]
+    pub nats: shared::nats::NatsArgs,
 
     /// PostgreSQL URL; the database is created if it does not exist. TLS the libpq way:
     /// `?sslmode=verify-full&sslrootcert=ca.pem` (also `sslcert`, `sslkey`). Also read from
@@ -195,6 +209,7 @@ pub struct Config {
 impl Config {
     /// Checks what no single value can: a bad combination names the variable to change.
     pub fn validate(&self) -> Result<(), String> {
+        self.nats.check(&self.nats_url)?;
         let batch_bytes = u64::from(self.batch_size)
             .saturating_mul(u64::from(self.max_payload_bytes) + WAL_ENTRY_OVERHEAD);
         if self.wal_max_size < batch_bytes {

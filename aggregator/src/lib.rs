@@ -17,7 +17,6 @@ pub mod intake;
 pub mod message;
 pub mod redrive;
 pub mod replay;
-pub mod secrets;
 pub mod settings;
 pub mod shutdown;
 pub mod source;

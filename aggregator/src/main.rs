@@ -1,14 +1,15 @@
 //! `aggregator` binary: parses configuration, sets up logging and metrics, runs the service.
 
+use aggregator::config::SECRETS_FROM_FILES;
 use aggregator::config::{Cli, Command};
 use aggregator::settings::Settings;
-use aggregator::{secrets, shutdown, startup, store::Store, telemetry};
+use aggregator::{shutdown, startup, store::Store, telemetry};
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     // Secrets given as files become variables first (still one thread: no runtime yet).
-    if let Err(e) = secrets::load() {
+    if let Err(e) = shared::secrets::load(SECRETS_FROM_FILES) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

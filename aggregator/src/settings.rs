@@ -35,6 +35,8 @@ pub struct StoreSettings {
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
     pub nats_url: String,
+    /// Authentication and TLS of the connection.
+    pub nats: shared::nats::NatsArgs,
     pub stream_name: String,
     pub subject_prefix: String,
     pub consumer_name: String,
@@ -173,6 +175,7 @@ impl BrokerSettings {
     fn from_config(c: &Config) -> Self {
         Self {
             nats_url: c.nats_url.clone(),
+            nats: c.nats.clone(),
             stream_name: c.stream_name.clone(),
             subject_prefix: c.subject_prefix.clone(),
             consumer_name: c.consumer_name.clone(),

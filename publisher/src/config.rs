@@ -65,8 +65,14 @@ pub struct Config {
     pub rate: Option<f64>,
 
     /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
+    // It may carry a password (nats://user:password@host): --help does not print it.
+    #[arg(long, env = "NATS_URL", hide_env_values = true, default_value = DEFAULT_NATS_URL)]
     pub nats_url: String,
+
+    /// NATS authentication and TLS (`NATS_CREDS`, `NATS_TOKEN`, `NATS_TLS_CA`, ...), as for
+    /// the aggregator.
+    #[command(flatten)]
+    pub nats: shared::nats::NatsArgs,
 
     /// Subjects are `<prefix>.<topic>`.
     #[arg(long, env = "SUBJECT_PREFIX", default_value = shared::subject::DEFAULT_PREFIX,
@@ -121,6 +127,7 @@ impl Default for Config {
             seed: None,
             rate: None,
             nats_url: DEFAULT_NATS_URL.to_owned(),
+            nats: shared::nats::NatsArgs::default(),
             subject_prefix: shared::subject::DEFAULT_PREFIX.to_owned(),
             via: Via::Nats,
             url: DEFAULT_URL.to_owned(),
@@ -145,6 +152,10 @@ const EXAMPLES: &str = "\
 
   # Through the aggregator's POST /publish, with a bearer token (or set API_TOKEN)
   publisher --via http --url http://127.0.0.1:8080 --api-token \"$API_TOKEN\" --count 5000
+
+  # To a NATS server with TLS and a password (or NATS_CREDS, NATS_NKEY, NATS_TOKEN)
+  NATS_PASSWORD=\"$SECRET\" publisher --nats-url tls://nats.example:4222 --nats-tls-ca ca.pem \\
+    --nats-user publisher --count 5000
 
   # For scripts: exactly one JSON object on stdout, nothing else
   publisher --count 20000 --duplicate-rate 0.3 --summary json --no-progress
@@ -278,6 +289,7 @@ mod tests {
             "--count 20000 --duplicate-rate 0.3 --topics 10 --seed 42",
             "--rate 2000",
             "--via http --url http://127.0.0.1:8080 --api-token",
+            "--nats-url tls://nats.example:4222 --nats-tls-ca ca.pem",
             "--summary json",
         ] {
             assert!(

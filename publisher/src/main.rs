@@ -11,12 +11,29 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Secrets that may also be given as `<NAME>_FILE` (a mounted secret).
+const SECRETS_FROM_FILES: &[&str] = &["NATS_PASSWORD", "NATS_TOKEN"];
+
+fn main() -> ExitCode {
+    // Before the runtime starts threads: setting variables is only safe single-threaded.
+    if let Err(e) = shared::secrets::load(SECRETS_FROM_FILES) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let config = Config::parse();
     init_tracing();
-    let format = config.summary;
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(publish(config)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
+/// One publishing session: its summary on stdout, failures as one line on stderr.
+async fn publish(config: Config) -> ExitCode {
+    let format = config.summary;
     let summary = match publisher::run(config).await {
         Ok(summary) => summary,
         Err(e) => {

@@ -175,18 +175,18 @@ fn no_stream_message(subject: &str, prefix: &str) -> String {
 impl NatsSink {
     async fn connect(config: &Config, topics: &[String], run_id: &str) -> anyhow::Result<Self> {
         let url = config.nats_url.as_str();
-        // A cluster is a comma-separated list of servers.
-        let servers = shared::subject::nats_servers(url)
-            .into_iter()
-            .map(|u| u.parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("{url:?} is not a list of NATS URLs"))?;
-        let client = async_nats::ConnectOptions::new()
-            .name("publisher")
-            .connection_timeout(CONNECT_TIMEOUT)
-            .connect(servers)
-            .await
-            .with_context(|| format!("cannot connect to NATS at {url}"))?;
+        // A cluster is a comma-separated list of servers. A bad setting, refused credentials
+        // or an untrusted certificate is one line naming the variable.
+        let connecting = config.nats.connect(url, |o| {
+            o.name("publisher").connection_timeout(CONNECT_TIMEOUT)
+        });
+        let client = connecting.await.map_err(|failure| match failure {
+            Err(permanent) => anyhow::anyhow!(permanent),
+            Ok(reason) => anyhow::anyhow!(
+                "cannot connect to NATS at {}: {reason}",
+                shared::nats::redact_url(url)
+            ),
+        })?;
         let js = async_nats::jetstream::new(client);
         let prefix = config.subject_prefix.clone();
         let subjects: Vec<Subject> = topics

@@ -7,10 +7,13 @@
 //! * [`id`]: event id generation (UUIDv7, time ordered).
 //! * [`trace`]: the W3C `traceparent` carried from publisher to stored event.
 //! * [`backoff`]: the retry schedule every retry loop of both programs uses.
+//! * [`nats`]: NATS authentication and TLS settings, the connection options built from them.
 
 pub mod backoff;
 pub mod event;
 pub mod id;
+pub mod nats;
+pub mod secrets;
 pub mod subject;
 pub mod trace;
 

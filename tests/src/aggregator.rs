@@ -93,6 +93,12 @@ impl Aggregator {
         set_var(&mut vars, "HTTP_ADDR", "127.0.0.1:0");
         set_var(&mut vars, "WAL_PATH", &default_wal.to_string_lossy());
         set_var(&mut vars, "RUST_LOG", "info");
+        // A secured server: the aggregator's own credentials and TLS files.
+        if let Some(sec) = env.nats.security() {
+            for (k, v) in sec.env_for(crate::secure::AGG_USER) {
+                set_var(&mut vars, &k, &v);
+            }
+        }
         vars.retain(|(k, _)| !unset.contains(&k.as_str()));
         for (k, v) in extra_env {
             set_var(&mut vars, k, v);

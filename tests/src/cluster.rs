@@ -2,10 +2,12 @@
 //! other, each with its own temp dir (store, log). Tests may SIGKILL and restart single
 //! nodes freely; everything is killed on drop. Never the shared server on 4222.
 
-use crate::nats::nats_server_bin;
+use crate::nats::{harness_options, nats_server_bin};
+use crate::secure::Security;
 use crate::util::spawn_service;
 use std::path::PathBuf;
 use std::process::{Child, Command};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -37,8 +39,8 @@ impl Node {
         self.dir.path().join("nats.log")
     }
 
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+    fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn kill(&mut self) {
@@ -74,6 +76,9 @@ impl Drop for Node {
 pub struct NatsCluster {
     nodes: Vec<Node>,
     bin: PathBuf,
+    /// TLS and authorization on the client ports (`-c <config>`); routes stay plaintext on
+    /// loopback.
+    security: Option<Arc<Security>>,
 }
 
 /// A raw JetStream API request on `client` (a `Null` body sends an empty payload).
@@ -105,8 +110,9 @@ pub async fn js_api(
     Ok(value)
 }
 
-async fn connect_to(url: &str) -> Result<async_nats::Client, String> {
-    async_nats::ConnectOptions::new()
+async fn connect_to(url: &str, security: Option<&Security>) -> Result<async_nats::Client, String> {
+    harness_options(security)
+        .await
         .connection_timeout(Duration::from_secs(2))
         .connect(url)
         .await
@@ -118,10 +124,20 @@ impl NatsCluster {
     /// JetStream answers through each of them and an R`n` stream can be created and
     /// deleted (so the meta group has a leader and every peer takes part).
     pub async fn start(n: usize) -> NatsCluster {
+        NatsCluster::start_with(n, None).await
+    }
+
+    /// Like [`NatsCluster::start`], every node with the TLS and authorization of `security`.
+    pub async fn start_secured(n: usize, security: Arc<Security>) -> NatsCluster {
+        NatsCluster::start_with(n, Some(security)).await
+    }
+
+    async fn start_with(n: usize, security: Option<Arc<Security>>) -> NatsCluster {
         assert!(n >= 1, "a cluster needs at least one node");
         let mut cluster = NatsCluster {
             nodes: Vec::with_capacity(n),
             bin: nats_server_bin(),
+            security,
         };
         for i in 0..n {
             cluster.nodes.push(Node {
@@ -163,6 +179,9 @@ impl NatsCluster {
             .collect();
         let node = &mut self.nodes[i];
         let mut cmd = Command::new(&self.bin);
+        if let Some(sec) = &self.security {
+            cmd.arg("-c").arg(sec.config_path());
+        }
         cmd.arg("-a")
             .arg("127.0.0.1")
             .arg("-p")
@@ -188,6 +207,7 @@ impl NatsCluster {
     /// (which needs its routes and a meta leader).
     async fn wait_node(&mut self, i: usize, deadline: Instant) -> Result<(), String> {
         let mut last_err;
+        let (scheme, security) = (self.scheme(), self.security.clone());
         loop {
             let node = &mut self.nodes[i];
             if let Some(reason) = node.exited() {
@@ -196,9 +216,9 @@ impl NatsCluster {
             if node.child.is_none() {
                 return Err(format!("{} is not running", node.name));
             }
-            let url = node.url();
+            let url = node.url(scheme);
             if tcp_accepts(node.port).await {
-                match connect_to(&url).await {
+                match connect_to(&url, security.as_deref()).await {
                     Ok(client) => match js_api(&client, "$JS.API.INFO", &Value::Null).await {
                         Ok(_) => return Ok(()),
                         Err(e) => last_err = e,
@@ -272,14 +292,24 @@ impl NatsCluster {
     pub fn urls(&self) -> String {
         self.nodes
             .iter()
-            .map(Node::url)
+            .map(|n| n.url(self.scheme()))
             .collect::<Vec<_>>()
             .join(",")
     }
 
     /// `nats://127.0.0.1:<port>` of node `i` (0-based).
     pub fn url(&self, i: usize) -> String {
-        self.nodes[i].url()
+        self.nodes[i].url(self.scheme())
+    }
+
+    /// `tls` when the client ports speak TLS, else `nats`.
+    fn scheme(&self) -> &'static str {
+        self.security.as_ref().map_or("nats", |s| s.scheme())
+    }
+
+    /// The cluster's security, when it is secured.
+    pub fn security(&self) -> Option<&Security> {
+        self.security.as_deref()
     }
 
     /// The client port of node `i` (stable across restarts).
@@ -316,7 +346,7 @@ impl NatsCluster {
     pub async fn connect(&self) -> Result<async_nats::Client, String> {
         let mut errors = Vec::new();
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-            match connect_to(&node.url()).await {
+            match connect_to(&node.url(self.scheme()), self.security.as_deref()).await {
                 Ok(c) => return Ok(c),
                 Err(e) => errors.push(e),
             }

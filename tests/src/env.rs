@@ -43,6 +43,16 @@ impl TestEnv {
         }
     }
 
+    /// Like [`TestEnv::start`] with a NATS server secured by `security` (TLS, authorization).
+    pub async fn start_secured(security: std::sync::Arc<crate::secure::Security>) -> TestEnv {
+        let (nats, pg) = tokio::join!(Nats::secured(security), Postgres::new());
+        TestEnv {
+            nats,
+            pg,
+            work: TempDir::new("env"),
+        }
+    }
+
     /// `postgres://postgres@127.0.0.1:<port>/aggregator` (the aggregator creates the
     /// database if it is missing).
     pub fn database_url(&self) -> String {

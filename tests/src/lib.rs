@@ -8,6 +8,8 @@
 //! - [`Nats`], [`Postgres`], [`TestEnv`]: the private infrastructure.
 //! - [`Aggregator`]: the `aggregator` binary as a child process, plus HTTP helpers.
 //! - [`run_publisher`], [`publish_raw`], [`event_json`]: ways to feed events in.
+//! - [`Security`]: TLS and authorization for a private NATS server or cluster
+//!   ([`Nats::secured`], [`NatsCluster::start_secured`], [`TestEnv::start_secured`]).
 //! - [`eventually`], [`free_port`]: utilities.
 //!
 //! Every child process is SIGKILLed on drop (also when a test panics) and gets
@@ -25,6 +27,7 @@ pub mod env;
 pub mod nats;
 pub mod postgres;
 pub mod publish;
+pub mod secure;
 pub mod util;
 
 pub use aggregator::Aggregator;
@@ -34,8 +37,10 @@ pub use env::{TestEnv, AGGREGATOR_DB};
 pub use nats::Nats;
 pub use postgres::{PgTls, Postgres};
 pub use publish::{
-    event_json, publish_in_background, publish_raw, run_publisher, run_publisher_at,
+    event_json, publish_in_background, publish_raw, publisher_output, run_publisher,
+    run_publisher_at, run_publisher_with,
 };
+pub use secure::{AuthMode, Security};
 pub use util::{
     assert_consistent, count, create_stream, eventually, file_tail, free_port, int, metric_sum,
     strip_ansi, wait_compacted, TempDir,

@@ -1,9 +1,11 @@
 //! A private `nats-server -js` instance on a free port with its own store directory,
 //! which tests may kill, stop, pause and restart freely. Never the shared server on 4222.
 
+use crate::secure::Security;
 use crate::util::spawn_service;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -24,8 +26,18 @@ pub struct Nats {
     child: Option<Child>,
     paused: bool,
     bin: PathBuf,
+    /// TLS and authorization (`-c <config>`), when the server is secured.
+    security: Option<Arc<Security>>,
     // Declared last: removed after the process is dead.
     dir: TempDir,
+}
+
+/// The options the harness connects with: those of `security`, else none.
+pub(crate) async fn harness_options(security: Option<&Security>) -> async_nats::ConnectOptions {
+    match security {
+        Some(sec) => sec.client_options().await,
+        None => async_nats::ConnectOptions::new(),
+    }
 }
 
 /// The `nats-server` binary: from PATH, else /usr/sbin (Debian's package).
@@ -50,12 +62,23 @@ impl Nats {
     /// Starts a fresh server (`-a 127.0.0.1 -p <free port> -js -sd <tmp>/nats`) and waits
     /// until it accepts TCP and JetStream answers.
     pub async fn new() -> Nats {
+        Nats::start(None).await
+    }
+
+    /// Like [`Nats::new`], with the TLS and authorization of `security` (its configuration
+    /// file); the harness's own connections authenticate as [`crate::secure::HARNESS_USER`].
+    pub async fn secured(security: Arc<Security>) -> Nats {
+        Nats::start(Some(security)).await
+    }
+
+    async fn start(security: Option<Arc<Security>>) -> Nats {
         let dir = TempDir::new("nats");
         let mut nats = Nats {
             port: 0,
             child: None,
             paused: false,
             bin: nats_server_bin(),
+            security,
             dir,
         };
         // A port can be taken between picking and binding (other processes): retry.
@@ -80,6 +103,10 @@ impl Nats {
     fn spawn(&mut self) {
         let store = self.dir.path().join("nats");
         let mut cmd = Command::new(&self.bin);
+        if let Some(sec) = &self.security {
+            // The flags below override the file, which only adds TLS and authorization.
+            cmd.arg("-c").arg(sec.config_path());
+        }
         cmd.arg("-a")
             .arg("127.0.0.1")
             .arg("-p")
@@ -133,7 +160,8 @@ impl Nats {
     }
 
     async fn try_jetstream(&self) -> Result<(), String> {
-        let client = async_nats::ConnectOptions::new()
+        let client = harness_options(self.security.as_deref())
+            .await
             .connection_timeout(Duration::from_secs(2))
             .connect(self.url())
             .await
@@ -161,9 +189,15 @@ impl Nats {
         Ok(())
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://127.0.0.1:<port>` (`tls://` when the server is secured with TLS).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = self.security.as_ref().map_or("nats", |s| s.scheme());
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's security, when it is secured.
+    pub fn security(&self) -> Option<&Security> {
+        self.security.as_deref()
     }
 
     /// The server's port (stable across restarts).
@@ -183,7 +217,8 @@ impl Nats {
 
     /// A new client connection to this server.
     pub async fn connect(&self) -> async_nats::Client {
-        async_nats::ConnectOptions::new()
+        harness_options(self.security.as_deref())
+            .await
             .connection_timeout(Duration::from_secs(5))
             .connect(self.url())
             .await

@@ -13,9 +13,15 @@ const PUBLISHER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs `publisher --nats-url <env nats> --summary json <args...>`, asserts it exits
 /// successfully (panics with its stderr otherwise) and returns the JSON summary it
-/// prints on stdout.
+/// prints on stdout. On a secured server it authenticates as the publisher's user.
 pub async fn run_publisher(env: &TestEnv, args: &[&str]) -> Value {
-    run_publisher_at(&env.nats.url(), args).await
+    let vars = env
+        .nats
+        .security()
+        .map(|s| s.env_for(crate::secure::PUB_USER))
+        .unwrap_or_default();
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    run_publisher_with(&env.nats.url(), &vars, args).await
 }
 
 /// Runs the publisher in the background at a steady `rate` (events/s), 30% duplicates, and
@@ -45,6 +51,29 @@ pub fn publish_in_background(
 
 /// [`run_publisher`] against a NATS URL, for tasks that do not hold the [`TestEnv`].
 pub async fn run_publisher_at(nats_url: &str, args: &[&str]) -> Value {
+    run_publisher_with(nats_url, &[], args).await
+}
+
+/// The NATS connection variables of the publisher, never taken from the test's environment.
+const NATS_VARS: [&str; 9] = [
+    "NATS_URL",
+    "NATS_CREDS",
+    "NATS_NKEY",
+    "NATS_TOKEN",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TLS_CA",
+    "NATS_TLS_CERT",
+    "NATS_TLS_KEY",
+];
+
+/// Runs `publisher --nats-url <nats_url> --summary json <args...>` with environment `vars`
+/// (nothing else of the `NATS_*` variables) and returns its output, whatever its exit.
+pub async fn publisher_output(
+    nats_url: &str,
+    vars: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
     let bin = publisher_bin().await;
     let mut cmd = tokio::process::Command::new(&bin);
     cmd.arg("--nats-url")
@@ -52,11 +81,14 @@ pub async fn run_publisher_at(nats_url: &str, args: &[&str]) -> Value {
         .arg("--summary")
         .arg("json")
         .args(args)
-        .env_remove("NATS_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    for var in NATS_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.envs(vars.iter().copied());
     // SAFETY: prctl is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -69,11 +101,16 @@ pub async fn run_publisher_at(nats_url: &str, args: &[&str]) -> Value {
     let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-    let out = match tokio::time::timeout(PUBLISHER_TIMEOUT, child.wait_with_output()).await {
+    match tokio::time::timeout(PUBLISHER_TIMEOUT, child.wait_with_output()).await {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => panic!("publisher {args:?}: {e}"),
         Err(_) => panic!("publisher {args:?} did not finish within {PUBLISHER_TIMEOUT:?}"),
-    };
+    }
+}
+
+/// [`run_publisher_at`] with environment `vars` (the secured server's `NATS_*` variables).
+pub async fn run_publisher_with(nats_url: &str, vars: &[(&str, &str)], args: &[&str]) -> Value {
+    let out = publisher_output(nats_url, vars, args).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

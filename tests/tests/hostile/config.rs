@@ -49,6 +49,18 @@ async fn bad_configuration_exits_with_one_line_naming_the_variable() {
         ("DATABASE_URL_FILE", "/nonexistent/database-url"),
         ("API_TOKEN_FILE", "/nonexistent/api-token"),
         ("API_READ_TOKEN_FILE", "/nonexistent/api-read-token"),
+        // NATS authentication and TLS: half a pair, an unreadable or wrong file, an empty
+        // secret (a refused one is in nats_security.rs).
+        ("NATS_USER", "aggregator"),
+        ("NATS_PASSWORD", "secret"),
+        ("NATS_TOKEN", ""),
+        ("NATS_TLS_CERT", not_a_dir.as_str()),
+        ("NATS_TLS_KEY", not_a_dir.as_str()),
+        ("NATS_TLS_CA", "/nonexistent/ca.pem"),
+        ("NATS_TLS_CA", not_a_dir.as_str()),
+        ("NATS_CREDS", "/nonexistent/user.creds"),
+        ("NATS_CREDS", not_a_dir.as_str()),
+        ("NATS_NKEY", not_a_dir.as_str()),
     ];
     let nats = env.nats_url();
     let db = env.database_url();
