@@ -463,7 +463,7 @@ mod tests {
         assert!(!format!("{args:?}").contains("s3cret"));
         assert_eq!(
             redact_url("nats://u:pw@a:1,tls://b:2,tok@c:3"),
-            "nats://***@a:1,tls://b:2,***@c:3"
+            "nats://u:***@a:1,tls://b:2,***@c:3"
         );
         use clap::CommandFactory;
         let help = Cli::command().render_help().to_string();

@@ -25,6 +25,7 @@ pub mod checker;
 pub mod cluster;
 pub mod env;
 pub mod nats;
+pub mod pki;
 pub mod postgres;
 pub mod publish;
 pub mod secure;

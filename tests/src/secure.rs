@@ -10,13 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::pki::{Ca, Usage};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use nkeys::KeyPair;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyUsagePurpose,
-};
 use serde_json::{json, Value};
 
 use crate::util::TempDir;
@@ -52,33 +49,6 @@ pub struct Security {
 
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
-fn ca(name: &str) -> (CertificateParams, rcgen::KeyPair, String) {
-    let key = rcgen::KeyPair::generate().expect("CA key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let pem = params.self_signed(&key).expect("CA certificate").pem();
-    (params, key, pem)
-}
-
-/// A certificate for `localhost` and `127.0.0.1` signed by `issuer`: (cert PEM, key PEM).
-fn leaf(issuer: &Issuer<'_, rcgen::KeyPair>, name: &str) -> (String, String) {
-    let key = rcgen::KeyPair::generate().expect("leaf key");
-    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .expect("leaf params");
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = params.signed_by(&key, issuer).expect("leaf certificate");
-    (cert.pem(), key.serialize_pem())
 }
 
 /// A signed NATS JWT (v2): `claims` plus `jti`, `iat`, `iss` = `issuer`'s public key.
@@ -142,18 +112,20 @@ impl Security {
     }
 
     fn write_pki(&self) {
-        let (params, key, pem) = ca("it-ca");
-        write(&self.path("ca.pem"), &pem);
-        let issuer = Issuer::new(params, key);
+        // Server and client certificates for localhost / 127.0.0.1, either usage.
+        let both = [Usage::ServerAuth, Usage::ClientAuth];
+        let names = ["localhost", "127.0.0.1"];
+        let ca = Ca::new("it-ca");
+        write(&self.path("ca.pem"), ca.pem());
         for name in ["server", "client"] {
-            let (cert, key) = leaf(&issuer, &format!("it-{name}"));
+            let (cert, key) = ca.issue(&format!("it-{name}"), &names, &both);
             write(&self.path(&format!("{name}.pem")), &cert);
             write(&self.path(&format!("{name}-key.pem")), &key);
         }
         // A CA that signed nothing here, and a client certificate it signed.
-        let (params, key, pem) = ca("it-other-ca");
-        write(&self.path("other-ca.pem"), &pem);
-        let (cert, key) = leaf(&Issuer::new(params, key), "it-stranger");
+        let other = Ca::new("it-other-ca");
+        write(&self.path("other-ca.pem"), other.pem());
+        let (cert, key) = other.issue("it-stranger", &names, &both);
         write(&self.path("stranger.pem"), &cert);
         write(&self.path("stranger-key.pem"), &key);
     }

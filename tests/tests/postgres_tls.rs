@@ -4,46 +4,14 @@
 //! another CA, or a plaintext connection the server refuses, stops start-up with one line
 //! naming `DATABASE_URL` instead of a retry loop.
 
+use integration_tests::pki::{Ca, Usage};
 use integration_tests::{
     assert_consistent, eventually, int, run_publisher, strip_ansi, Aggregator, PgTls, Postgres,
     TestEnv,
 };
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use sqlx::{Connection, PgConnection};
 use std::path::Path;
 use std::time::Duration;
-
-/// A certificate authority made for one test.
-struct Ca {
-    cert: Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// A leaf certificate and its key (PEM) for `names` (SANs), with common name `cn`.
-    fn issue(&self, cn: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// Only TLS over TCP: a plaintext `host` connection matches no line and is refused.
 const HOSTSSL_ONLY: &str = "local all all trust\n\
@@ -55,12 +23,12 @@ async fn tls_env(ca: &Ca, hba: &str) -> TestEnv {
     let (cert, key) = ca.issue(
         "localhost",
         &["localhost", "127.0.0.1"],
-        ExtendedKeyUsagePurpose::ServerAuth,
+        &[Usage::ServerAuth],
     );
     let pg = Postgres::with_tls(PgTls {
         server_cert_pem: cert,
         server_key_pem: key,
-        ca_pem: ca.cert.pem(),
+        ca_pem: ca.pem().to_owned(),
         hba: hba.into(),
     })
     .await;
@@ -141,7 +109,7 @@ async fn start_up_errors(env: &TestEnv, vars: &[(&str, &str)]) -> Vec<String> {
 async fn verify_full_against_a_hostssl_only_server_counts_exactly_over_tls() {
     let ca = Ca::new("aggregator test CA");
     let env = tls_env(&ca, HOSTSSL_ONLY).await;
-    let ca_file = write(env.work_dir(), "ca.pem", &ca.cert.pem());
+    let ca_file = write(env.work_dir(), "ca.pem", ca.pem());
 
     // The server really refuses plaintext (else this test would prove nothing).
     let plain = PgConnection::connect(&url(&env, "127.0.0.1", "sslmode=disable")).await;
@@ -178,11 +146,11 @@ async fn verify_full_against_a_hostssl_only_server_counts_exactly_over_tls() {
 async fn verify_full_by_ip_address_works_and_refusals_stop_start_up_naming_database_url() {
     let ca = Ca::new("aggregator test CA");
     let env = tls_env(&ca, HOSTSSL_ONLY).await;
-    let ca_file = write(env.work_dir(), "ca.pem", &ca.cert.pem());
+    let ca_file = write(env.work_dir(), "ca.pem", ca.pem());
     let other_ca = write(
         env.work_dir(),
         "other-ca.pem",
-        &Ca::new("someone else's CA").cert.pem(),
+        Ca::new("someone else's CA").pem(),
     );
 
     let by_ip = url(
@@ -220,7 +188,7 @@ async fn verify_full_by_ip_address_works_and_refusals_stop_start_up_naming_datab
 async fn postgres_not_up_yet_is_waited_for_not_a_start_up_error() {
     let ca = Ca::new("aggregator test CA");
     let mut env = tls_env(&ca, HOSTSSL_ONLY).await;
-    let ca_file = write(env.work_dir(), "ca.pem", &ca.cert.pem());
+    let ca_file = write(env.work_dir(), "ca.pem", ca.pem());
     env.pg.stop();
     let database_url = url(
         &env,
@@ -262,14 +230,14 @@ async fn client_certificate_authentication_counts_exactly_and_without_it_start_u
         .await
         .unwrap();
     let dir = env.work_dir();
-    let ca_file = write(dir, "ca.pem", &ca.cert.pem());
-    let (cert, key) = ca.issue("certuser", &[], ExtendedKeyUsagePurpose::ClientAuth);
+    let ca_file = write(dir, "ca.pem", ca.pem());
+    let (cert, key) = ca.issue("certuser", &[], &[Usage::ClientAuth]);
     let (cert, key) = (
         write(dir, "client.crt", &cert),
         write(dir, "client.key", &key),
     );
     let other = Ca::new("someone else's CA");
-    let (bad_cert, bad_key) = other.issue("certuser", &[], ExtendedKeyUsagePurpose::ClientAuth);
+    let (bad_cert, bad_key) = other.issue("certuser", &[], &[Usage::ClientAuth]);
     let bad_cert = write(dir, "other-client.crt", &bad_cert);
     let bad_key = write(dir, "other-client.key", &bad_key);
     let verify = format!("sslmode=verify-full&sslrootcert={ca_file}");
