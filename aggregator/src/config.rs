@@ -158,6 +158,11 @@ pub struct Config {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 10_485_760, value_parser = clap::value_parser!(u64).range(1..=1_073_741_824))]
     pub max_body_bytes: u64,
 
+    /// Most events one POST /publish body may hold (413 above it); counted while parsing, so
+    /// a body of millions of tiny elements is refused before they are built.
+    #[arg(long, env = "MAX_EVENTS_PER_REQUEST", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_events_per_request: u32,
+
     /// Longest wait for the stream's acknowledgements of a POST /publish (503 after it).
     #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub publish_timeout: Duration,

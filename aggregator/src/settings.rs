@@ -110,6 +110,7 @@ pub struct HousekeepingSettings {
 pub struct ApiSettings {
     pub http_addr: SocketAddr,
     pub max_body_bytes: usize,
+    pub max_events_per_request: usize,
     pub publish_timeout: Duration,
     pub request_timeout: Duration,
     pub max_concurrent_publish: usize,
@@ -219,6 +220,7 @@ impl ApiSettings {
         Self {
             http_addr: c.http_addr,
             max_body_bytes: usize::try_from(c.max_body_bytes).unwrap_or(usize::MAX),
+            max_events_per_request: c.max_events_per_request as usize,
             publish_timeout: c.publish_timeout,
             request_timeout: c.request_timeout,
             max_concurrent_publish: c.max_concurrent_publish as usize,

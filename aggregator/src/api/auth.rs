@@ -21,12 +21,10 @@ pub async fn require_token(
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-            return Err(ApiError {
-                status: StatusCode::UNAUTHORIZED,
-                message: "missing or invalid bearer token (Authorization: Bearer <API_TOKEN>)"
-                    .to_owned(),
-                details: Vec::new(),
-            });
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid bearer token (Authorization: Bearer <API_TOKEN>)",
+            ));
         }
     }
     Ok(next.run(request).await)

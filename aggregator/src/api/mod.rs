@@ -14,6 +14,7 @@
 //! span with method, path, status and latency.
 
 pub mod auth;
+pub mod body;
 pub mod dashboard;
 pub mod dead_letters;
 pub mod events;
@@ -102,6 +103,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub details: Vec<Detail>,
+    /// How many problems there were when `details` lists only the first ones (publish bodies).
+    pub details_total: Option<usize>,
 }
 
 impl ApiError {
@@ -110,7 +113,15 @@ impl ApiError {
             status,
             message: message.into(),
             details: Vec::new(),
+            details_total: None,
         }
+    }
+
+    /// The first `details` of `total` problems.
+    pub fn with_details(mut self, details: Vec<Detail>, total: usize) -> Self {
+        self.details = details;
+        self.details_total = Some(total);
+        self
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
@@ -142,17 +153,21 @@ impl ApiError {
                 field: field.to_owned(),
                 reason,
             }],
+            details_total: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = if self.details.is_empty() {
+        let mut body = if self.details.is_empty() {
             serde_json::json!({ "error": self.message })
         } else {
             serde_json::json!({ "error": self.message, "details": self.details })
         };
+        if let Some(total) = self.details_total {
+            body["details_total"] = total.into();
+        }
         let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(

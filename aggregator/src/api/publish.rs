@@ -3,7 +3,8 @@
 //!
 //! The body is one event, a JSON array of events, or `{"events": [...]}`. Validation comes
 //! first and is all-or-nothing: if any event is invalid the answer is 422 with one detail per
-//! invalid event and nothing is published. Then each event goes to `<prefix>.<topic>` and the
+//! invalid event (the first 100, and their total) and nothing is published; the parsing with
+//! bounded memory is in [`super::body`]. Then each event goes to `<prefix>.<topic>` and the
 //! handler waits (at most `PUBLISH_TIMEOUT`) for every PubAck before answering 202.
 //!
 //! With an `Idempotency-Key` header, event `i` is published with `Nats-Msg-Id: <key>:<i>`, so
@@ -13,7 +14,7 @@
 //! stored twice.
 
 use super::state::SharedState;
-use super::{ApiError, Detail};
+use super::ApiError;
 use crate::telemetry::names;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -22,7 +23,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use futures::future::try_join_all;
 use serde_json::Value;
-use shared::{Event, Limits};
+use shared::Event;
 use std::future::IntoFuture;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -50,7 +51,11 @@ pub async fn publish(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body.map_err(|rejection| body_error(&rejection, state.settings.max_body_bytes))?;
-    let events = parse_body(&body, &state.settings.limits)?;
+    let events = super::body::parse(
+        &body,
+        &state.settings.limits,
+        state.settings.max_events_per_request,
+    )?;
     let key = idempotency_key(&headers)?;
     let Some(js) = state.jetstream().filter(|_| state.nats_up()) else {
         return Err(ApiError::unavailable("NATS is unavailable; retry later"));
@@ -157,111 +162,6 @@ fn random_hex(n: usize) -> String {
         let bytes: Vec<u8> = (0..n).map(|_| rand::random::<u8>()).collect();
         if bytes.iter().any(|b| *b != 0) {
             return bytes.iter().map(|b| format!("{b:02x}")).collect();
-        }
-    }
-}
-
-/// Parses and validates a publish body: 400 when it is not a JSON event, list of events or
-/// `{"events": [...]}`, 422 listing every invalid event.
-fn parse_body(body: &[u8], limits: &Limits) -> Result<Vec<Event>, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_field("body", format!("not valid JSON: {e}")))?;
-    let items: Vec<Value> = match value {
-        Value::Array(items) => items,
-        Value::Object(mut obj) if obj.contains_key("events") && !obj.contains_key("topic") => {
-            match obj.remove("events") {
-                Some(Value::Array(items)) => items,
-                _ => return Err(ApiError::bad_field("events", "must be an array of events")),
-            }
-        }
-        obj @ Value::Object(_) => vec![obj],
-        _ => {
-            return Err(ApiError::bad_field(
-                "body",
-                "must be an event object, an array of events, or {\"events\": [...]}",
-            ))
-        }
-    };
-    if items.is_empty() {
-        return Err(ApiError::bad_field("body", "contains no events"));
-    }
-    let mut events = Vec::with_capacity(items.len());
-    let mut details = Vec::new();
-    for (index, item) in items.iter().enumerate() {
-        match Event::from_value(item, limits) {
-            Ok(e) => events.push(e),
-            Err(e) => details.push(Detail {
-                index: Some(index),
-                field: e.field.to_owned(),
-                reason: e.reason,
-            }),
-        }
-    }
-    if !details.is_empty() {
-        return Err(ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            message: format!(
-                "{} of {} events are invalid; none were published",
-                details.len(),
-                items.len()
-            ),
-            details,
-        });
-    }
-    Ok(events)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(id: &str, ts: &str) -> Value {
-        serde_json::json!({"topic": "a.b", "event_id": id, "timestamp": ts, "source": "s", "payload": {}})
-    }
-
-    #[test]
-    fn three_body_shapes_are_accepted() {
-        let l = Limits::default();
-        let one = ev("1", "2026-01-01T00:00:00Z");
-        let b = serde_json::to_vec(&one).unwrap();
-        assert_eq!(parse_body(&b, &l).unwrap().len(), 1);
-        let b =
-            serde_json::to_vec(&serde_json::json!([one, ev("2", "2026-01-01T00:00:00Z")])).unwrap();
-        assert_eq!(parse_body(&b, &l).unwrap().len(), 2);
-        let b = serde_json::to_vec(&serde_json::json!({"events": [one]})).unwrap();
-        assert_eq!(parse_body(&b, &l).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn invalid_events_are_all_reported_by_index() {
-        let l = Limits::default();
-        let b = serde_json::to_vec(&serde_json::json!([
-            ev("1", "2026-01-01T00:00:00Z"),
-            ev("2", "not a time"),
-            ev("", "2026-01-01T00:00:00Z"),
-        ]))
-        .unwrap();
-        let err = parse_body(&b, &l).unwrap_err();
-        assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
-        let got: Vec<_> = err
-            .details
-            .iter()
-            .map(|d| (d.index, d.field.as_str()))
-            .collect();
-        assert_eq!(got, vec![(Some(1), "timestamp"), (Some(2), "event_id")]);
-    }
-
-    #[test]
-    fn malformed_bodies_are_400() {
-        let l = Limits::default();
-        for body in [&b"{"[..], b"[]", b"42", b"\"x\"", br#"{"events": 3}"#] {
-            let err = parse_body(body, &l).unwrap_err();
-            assert_eq!(
-                err.status,
-                StatusCode::BAD_REQUEST,
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
         }
     }
 }
