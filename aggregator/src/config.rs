@@ -188,6 +188,11 @@ pub struct Config {
     #[arg(long, env = "API_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub api_token: Option<String>,
 
+    /// Bearer token required by read endpoints (/events, /dead-letters, /stats) when set
+    /// (never empty); API_TOKEN is accepted there too. Unset leaves /events and /stats open.
+    #[arg(long, env = "API_READ_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub api_read_token: Option<String>,
+
     /// `json` for JSON logs; anything else gives human-readable logs.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -359,6 +364,8 @@ mod tests {
         assert!(err.to_string().contains("RETENTION"), "{err}");
         let err = Cli::try_parse_from(["aggregator", "--api-token", ""]).unwrap_err();
         assert!(err.to_string().contains("API_TOKEN"), "{err}");
+        let err = Cli::try_parse_from(["aggregator", "--api-read-token", " "]).unwrap_err();
+        assert!(err.to_string().contains("API_READ_TOKEN"), "{err}");
         let err = Cli::try_parse_from(["aggregator", "--max-retries", "0"]).unwrap_err();
         assert!(err.to_string().contains("MAX_RETRIES"), "{err}");
     }

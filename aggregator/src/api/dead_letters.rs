@@ -1,5 +1,5 @@
 //! `GET /dead-letters?limit=&after=&include_redriven=`: messages that could not be stored,
-//! newest first, keyset paged. Needs the bearer token when `API_TOKEN` is set.
+//! newest first, keyset paged. Needs a bearer token (see `auth`).
 //!
 //! Raw bytes are shown safely: `raw_text` is the bytes as UTF-8 with invalid sequences
 //! replaced (JSON escaping takes care of control characters), `raw_base64` is exact.

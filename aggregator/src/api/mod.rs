@@ -3,9 +3,9 @@
 //! | route | module |
 //! |---|---|
 //! | `POST /publish` | [`publish`] (bearer token when `API_TOKEN` is set: [`auth`]) |
-//! | `GET /events` | [`events`] |
-//! | `GET /dead-letters` | [`dead_letters`] (bearer token when `API_TOKEN` is set) |
-//! | `GET /stats` | [`stats`] |
+//! | `GET /events` | [`events`] (bearer token when `API_READ_TOKEN` is set) |
+//! | `GET /dead-letters` | [`dead_letters`] (bearer token when `API_READ_TOKEN` or `API_TOKEN` is set) |
+//! | `GET /stats` | [`stats`] (bearer token when `API_READ_TOKEN` is set) |
 //! | `GET /health`, `GET /live`, `GET /ready` | [`health`] |
 //! | `GET /metrics` | [`metrics`] |
 //! | `GET /` (live dashboard page, no token) | [`dashboard`] |
@@ -44,15 +44,27 @@ pub fn router(state: SharedState) -> Router {
             state.clone(),
             publish::admit,
         ))
-        .route("/dead-letters", get(dead_letters::list))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ));
-    Router::new()
-        .merge(writes)
+    let private_reads = Router::new()
+        .route("/dead-letters", get(dead_letters::list))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_private_read_token,
+        ));
+    let reads = Router::new()
         .route("/events", get(events::list))
         .route("/stats", get(stats::get_stats))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_read_token,
+        ));
+    Router::new()
+        .merge(writes)
+        .merge(private_reads)
+        .merge(reads)
         .route("/health", get(health::health))
         .route("/live", get(health::live))
         .route("/ready", get(health::ready))

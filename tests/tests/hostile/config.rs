@@ -40,6 +40,9 @@ async fn bad_configuration_exits_with_one_line_naming_the_variable() {
         ("WAL_MAX_SIZE", "1000"),
         ("MAX_RETRIES", "0"),
         ("API_TOKEN", ""),
+        ("API_READ_TOKEN", ""),
+        ("API_READ_TOKEN", "  "),
+        ("MAX_EVENTS_PER_REQUEST", "0"),
     ];
     let nats = env.nats_url();
     let db = env.database_url();
