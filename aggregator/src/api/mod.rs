@@ -19,6 +19,7 @@ pub mod dashboard;
 pub mod dead_letters;
 pub mod events;
 pub mod health;
+pub mod idempotency;
 pub mod metrics;
 pub mod publish;
 pub mod query;

@@ -9,11 +9,12 @@
 //!
 //! With an `Idempotency-Key` header, event `i` is published with `Nats-Msg-Id: <key>:<i>`, so
 //! a client retrying a request whose answer it lost does not create the messages twice
-//! (within the stream's 2-minute duplicate window). Without it, a retried request that had
-//! partly succeeded re-publishes those events; they are then counted as duplicates, never
-//! stored twice.
+//! (within the stream's 2-minute duplicate window); the same key with other events is a 409
+//! ([`idempotency`]). Without it, a retried request that had partly succeeded re-publishes
+//! those events; they are then counted as duplicates, never stored twice.
 
-use super::state::SharedState;
+use super::idempotency;
+use super::state::{AppState, SharedState};
 use super::ApiError;
 use crate::telemetry::names;
 use axum::body::Bytes;
@@ -25,9 +26,6 @@ use futures::future::try_join_all;
 use serde_json::Value;
 use shared::Event;
 use std::future::IntoFuture;
-
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
-const MAX_IDEMPOTENCY_KEY: usize = 200;
 
 /// Middleware in front of [`publish`], before the body is read: at most
 /// `MAX_CONCURRENT_PUBLISH` requests at once, the rest get 503 + Retry-After. Shedding load
@@ -56,20 +54,17 @@ pub async fn publish(
         &state.settings.limits,
         state.settings.max_events_per_request,
     )?;
-    let key = idempotency_key(&headers)?;
+    let key = idempotency::key(&headers)?;
     let Some(js) = state.jetstream().filter(|_| state.nats_up()) else {
         return Err(ApiError::unavailable("NATS is unavailable; retry later"));
     };
     let trace_id = trace_id(&headers);
-    let publishing = publish_all(
-        &js,
-        &state.settings.subject_prefix,
-        &events,
-        key.as_deref(),
-        &trace_id,
-    );
+    let publishing = publish_all(&js, &state, &events, key.as_deref(), &trace_id);
     match tokio::time::timeout(state.settings.publish_timeout, publishing).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(Outcome::Published)) => {}
+        Ok(Ok(Outcome::Conflict)) => {
+            return Err(idempotency::conflict(key.as_deref().unwrap_or_default()))
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "publish to JetStream failed");
             return Err(ApiError::unavailable(format!(
@@ -102,20 +97,6 @@ fn body_error(rejection: &BytesRejection, max_body_bytes: usize) -> ApiError {
     }
 }
 
-/// The `Idempotency-Key` header, if any; a 400 when it is empty, too long or not ASCII.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
-        return Ok(None);
-    };
-    match v.to_str() {
-        Ok(k) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(k.to_owned())),
-        _ => Err(ApiError::bad_field(
-            "Idempotency-Key",
-            format!("must be 1..={MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
-        )),
-    }
-}
-
 /// W3C trace context: the caller's trace id when it sent a `traceparent`, else a new one.
 fn trace_id(headers: &HeaderMap) -> String {
     headers
@@ -126,34 +107,71 @@ fn trace_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| random_hex(16))
 }
 
-/// Publishes every event to its subject (`Nats-Msg-Id` `<key>:<i>` with a key), each with its
-/// own span id in the trace so it can be followed to its stored row, and waits for every
-/// PubAck.
+/// What became of a request's events.
+enum Outcome {
+    /// Every event acknowledged by the stream (stored now, or by the request this retries).
+    Published,
+    /// The key was used for other events: nothing of this request was published.
+    Conflict,
+}
+
+/// Publishes every event to its subject, each with its own span id in the trace so it can be
+/// followed to its stored row, and waits for every PubAck. With a key, event 0 goes first and
+/// alone to claim it (see [`idempotency`]).
 async fn publish_all(
     js: &async_nats::jetstream::Context,
-    prefix: &str,
+    state: &AppState,
     events: &[Event],
     key: Option<&str>,
     trace_id: &str,
-) -> Result<(), async_nats::Error> {
-    let mut acks = Vec::with_capacity(events.len());
-    for (i, event) in events.iter().enumerate() {
-        let subject = shared::subject::subject_for(prefix, event.topic());
-        let mut headers = async_nats::HeaderMap::new();
-        if let Some(k) = key {
-            headers.insert("Nats-Msg-Id", format!("{k}:{i}").as_str());
+) -> Result<Outcome, async_nats::Error> {
+    let prefix = &state.settings.subject_prefix;
+    let keyed = key.map(|k| (k, idempotency::body_hash(events)));
+    let keyed = keyed.as_ref().map(|(k, h)| (*k, h.as_str()));
+    let mut rest = events.iter().enumerate();
+    if let Some((k, hash)) = keyed {
+        let (i, first) = rest.next().expect("a parsed body holds at least one event");
+        let ack = publish_one(js, prefix, first, Some((k, i, hash)), trace_id)
+            .await?
+            .await?;
+        if ack.duplicate {
+            let stream = &state.broker.stream_name;
+            let first_payload = first.to_json();
+            if !idempotency::is_retry(js, stream, ack.sequence, hash, &first_payload).await? {
+                return Ok(Outcome::Conflict);
+            }
         }
-        headers.insert(
-            shared::trace::HEADER,
-            format!("00-{trace_id}-{}-01", random_hex(8)).as_str(),
-        );
-        acks.push(
-            js.publish_with_headers(subject, headers, event.to_json().into())
-                .await?,
-        );
+    }
+    let mut acks = Vec::with_capacity(events.len());
+    for (i, event) in rest {
+        let keyed = keyed.map(|(k, hash)| (k, i, hash));
+        acks.push(publish_one(js, prefix, event, keyed, trace_id).await?);
     }
     try_join_all(acks.into_iter().map(|a| a.into_future())).await?;
-    Ok(())
+    Ok(Outcome::Published)
+}
+
+/// Publishes one event; with `(key, index, hash)` it carries `Nats-Msg-Id` and the hash.
+async fn publish_one(
+    js: &async_nats::jetstream::Context,
+    prefix: &str,
+    event: &Event,
+    keyed: Option<(&str, usize, &str)>,
+    trace_id: &str,
+) -> Result<async_nats::jetstream::context::PublishAckFuture, async_nats::Error> {
+    let subject = shared::subject::subject_for(prefix, event.topic());
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some((key, i, hash)) = keyed {
+        headers.insert("Nats-Msg-Id", idempotency::msg_id(key, i).as_str());
+        headers.insert(idempotency::BODY_HASH, hash);
+    }
+    headers.insert(
+        shared::trace::HEADER,
+        format!("00-{trace_id}-{}-01", random_hex(8)).as_str(),
+    );
+    Ok(js
+        .publish_with_headers(subject, headers, event.to_json().into())
+        .await?)
 }
 
 /// `n` random bytes as lowercase hex (never all zeros, which W3C reserves as invalid).

@@ -11,6 +11,7 @@ mod common;
 mod duplicates;
 mod events;
 mod health;
+mod idempotency;
 mod in_process;
 mod metrics;
 mod publish;
