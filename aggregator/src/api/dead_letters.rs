@@ -60,6 +60,8 @@ fn parse_query(raw_query: Option<&str>) -> Result<(i64, Option<i64>, bool), ApiE
                     value
                         .strip_prefix("dl")
                         .and_then(|v| v.parse::<i64>().ok())
+                        // `next` names a stored id (from 1), written as digits only.
+                        .filter(|id| *id >= 1 && !value.starts_with("dl+"))
                         .ok_or_else(|| {
                             ApiError::bad_field("after", "is not a cursor returned as `next`")
                         })?,

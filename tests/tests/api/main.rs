@@ -8,6 +8,7 @@
 mod auth;
 mod bounded;
 mod common;
+mod cursor;
 mod duplicates;
 mod events;
 mod health;
