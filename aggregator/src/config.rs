@@ -184,6 +184,15 @@ pub struct Config {
     #[arg(long, env = "MAX_CONCURRENT_PUBLISH", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrent_publish: u32,
 
+    /// Connections of the pool the API's reads (/events, /dead-letters, /stats) use, apart
+    /// from the batch writers' pool.
+    #[arg(long, env = "API_READ_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub api_read_pool_size: u32,
+
+    /// Longest an API read query may run; Postgres cancels it after this (then 503).
+    #[arg(long, env = "API_READ_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub api_read_timeout: Duration,
+
     /// Bearer token required by write endpoints when set (never empty).
     #[arg(long, env = "API_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub api_token: Option<String>,

@@ -29,6 +29,9 @@ pub struct StoreSettings {
     pub database_url: String,
     /// Connections the pool may open.
     pub pool_size: u32,
+    /// The API's read pool: its connections and their `statement_timeout`.
+    pub read_pool_size: u32,
+    pub read_timeout: Duration,
 }
 
 /// NATS and the JetStream stream and consumer.
@@ -165,8 +168,11 @@ impl StoreSettings {
     fn from_config(c: &Config) -> Self {
         Self {
             database_url: c.database_url.clone(),
-            // One connection per worker plus room for the API, the monitor and housekeeping.
+            // One connection per worker plus room for the monitor, housekeeping and the
+            // health checks (API reads have a pool of their own: `read_pool_size`).
             pool_size: u32::from(c.workers) + 6,
+            read_pool_size: c.api_read_pool_size,
+            read_timeout: c.api_read_timeout,
         }
     }
 }

@@ -115,7 +115,11 @@ async fn run_pipeline(
     else {
         return Ok(());
     };
-    let _ = state.store.set(store.clone());
+    let _ = state.store.set(
+        store
+            .clone()
+            .with_read_pool(store_settings.read_pool_size, store_settings.read_timeout),
+    );
     let guard = Arc::new(WriteGuard::new(store.clone(), &settings.guard, wal));
     let _ = state.guard.set(guard.clone());
 

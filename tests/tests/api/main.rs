@@ -17,3 +17,4 @@ mod in_process;
 mod metrics;
 mod publish;
 mod publisher;
+mod read_pool;
