@@ -12,7 +12,7 @@ use crate::failpoint::Failpoint;
 use crate::guard::WriteGuard;
 use crate::intake::{BufferCount, Delivery, Intake};
 use crate::replay::Monitor;
-use crate::settings::Settings;
+use crate::settings::{Settings, StoreSettings};
 use crate::shutdown::{retry_until, CancellationToken};
 use crate::source::JetStreamSource;
 use crate::store::batch::COUNTER_SHARDS;
@@ -99,6 +99,14 @@ pub async fn start(
     Ok(Service { addr, task })
 }
 
+/// The API's store: its reads on a small pool of their own with a statement timeout, so they
+/// never take the batch writers' connections.
+fn api_store(store: &Store, settings: &StoreSettings) -> Store {
+    store
+        .clone()
+        .with_read_pool(settings.read_pool_size, settings.read_timeout)
+}
+
 /// Connects to Postgres and NATS, runs the pipeline until shutdown, then drains it.
 async fn run_pipeline(
     settings: Settings,
@@ -115,11 +123,7 @@ async fn run_pipeline(
     else {
         return Ok(());
     };
-    let _ = state.store.set(
-        store
-            .clone()
-            .with_read_pool(store_settings.read_pool_size, store_settings.read_timeout),
-    );
+    let _ = state.store.set(api_store(&store, store_settings));
     let guard = Arc::new(WriteGuard::new(store.clone(), &settings.guard, wal));
     let _ = state.guard.set(guard.clone());
 
