@@ -180,6 +180,15 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
 
+    /// Longest a client may take to send a request's headers (also how long an idle
+    /// keep-alive connection stays open); the connection is closed after it.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub http_header_timeout: Duration,
+
+    /// HTTP connections open at once; further clients wait in the listen backlog.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: u32,
+
     /// POST /publish requests handled at once; more get 503 + Retry-After.
     #[arg(long, env = "MAX_CONCURRENT_PUBLISH", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrent_publish: u32,

@@ -83,16 +83,22 @@ pub async fn start(
         buffered.clone(),
         prometheus,
     );
-    let server = axum::serve(listener, api::router(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let limits = api::server::ConnectionLimits {
+        header_read_timeout: settings.api.header_read_timeout,
+        max_connections: settings.api.max_connections,
+    };
+    let server = api::server::serve(
+        listener,
+        api::router(state.clone()),
+        limits,
+        shutdown.clone(),
+    );
     let task = tokio::spawn(async move {
-        let http = tokio::spawn(async move { server.await });
+        let http = tokio::spawn(server);
         let result = run_pipeline(settings, &state, wal, buffered, &shutdown).await;
         shutdown.cancel();
-        match http.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server error"),
-            Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
-            Ok(Ok(())) => {}
+        if let Err(e) = http.await {
+            tracing::warn!(error = %e, "HTTP server task failed");
         }
         result
     });

@@ -23,6 +23,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod publish;
 pub mod query;
+pub mod server;
 pub mod state;
 pub mod stats;
 

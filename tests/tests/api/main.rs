@@ -18,3 +18,4 @@ mod metrics;
 mod publish;
 mod publisher;
 mod read_pool;
+mod slow_clients;
