@@ -30,10 +30,15 @@ pub fn parse(body: &[u8], limits: &Limits, max_events: usize) -> Result<Vec<Even
     let mut details = Vec::new();
     let mut invalid = 0usize;
     for (index, raw) in items.iter().enumerate() {
-        // The raw text was scanned but not fully checked (a number out of f64 range): a 400
-        // like any body that is not JSON.
-        let value: Value = serde_json::from_str(raw.get()).map_err(not_json)?;
-        match Event::from_value(&value, limits) {
+        let checked = if raw.get().len() > max_event_json(limits) {
+            Err(too_big(raw.get().len(), limits))
+        } else {
+            // The raw text was scanned but not fully checked (a number out of f64 range): a
+            // 400 like any body that is not JSON.
+            let value: Value = serde_json::from_str(raw.get()).map_err(not_json)?;
+            Event::from_value(&value, limits)
+        };
+        match checked {
             Ok(e) if invalid == 0 => events.push(e),
             Ok(_) => {}
             Err(e) => {
@@ -63,6 +68,26 @@ pub fn parse(body: &[u8], limits: &Limits, max_events: usize) -> Result<Vec<Even
         );
     }
     Ok(events)
+}
+
+/// The most JSON text one event may take: its payload (at most `MAX_PAYLOAD_BYTES` once
+/// re-serialized) and other fields, with ample room for whitespace and escapes. A larger
+/// element cannot be valid, and is refused before it is built: one 10 MiB element as a
+/// `Value` took 200 MB.
+fn max_event_json(limits: &Limits) -> usize {
+    16 * (limits.max_payload_bytes + 8 * 1024)
+}
+
+fn too_big(len: usize, limits: &Limits) -> shared::event::ValidationError {
+    shared::event::ValidationError {
+        field: "body",
+        reason: format!(
+            "the event is {len} bytes of JSON, more than any event within MAX_PAYLOAD_BYTES \
+             ({}) can take ({})",
+            limits.max_payload_bytes,
+            max_event_json(limits)
+        ),
+    }
 }
 
 /// The events of a body as raw slices of it, without building them: the elements of an
@@ -237,6 +262,33 @@ mod tests {
         assert_eq!(err.details.len(), MAX_DETAILS);
         assert_eq!(err.details_total, Some(1000));
         assert_eq!(err.details.last().unwrap().index, Some(MAX_DETAILS - 1));
+    }
+
+    #[test]
+    fn an_element_too_large_for_any_event_is_refused_unbuilt() {
+        let l = Limits {
+            max_payload_bytes: 1024,
+        };
+        let max = max_event_json(&l);
+        let big = format!("[1,{{\"payload\": [{}1]}}]", "1,".repeat(max / 2));
+        let err = parse(big.as_bytes(), &l, 10).unwrap_err();
+        assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let got: Vec<_> = err
+            .details
+            .iter()
+            .map(|d| (d.index, d.field.as_str()))
+            .collect();
+        assert_eq!(got, vec![(Some(0), "body"), (Some(1), "body")]);
+        assert!(
+            err.details[1].reason.contains("MAX_PAYLOAD_BYTES"),
+            "{:?}",
+            err.details
+        );
+        // A payload just over the limit still gets its own detail, naming `payload`.
+        let over = serde_json::json!({"topic": "a.b", "event_id": "1", "timestamp":
+            "2026-01-01T00:00:00Z", "source": "s", "payload": {"p": "x".repeat(1100)}});
+        let err = parse(over.to_string().as_bytes(), &l, 10).unwrap_err();
+        assert_eq!(err.details[0].field, "payload");
     }
 
     #[test]
