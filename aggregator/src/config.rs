@@ -425,5 +425,11 @@ mod tests {
         assert_eq!(c.wal_max_size, 104_857_600);
         assert_eq!(c.circuit_breaker_timeout, Duration::from_secs(30));
         assert_eq!(c.stream_name, "EVENTS");
+        assert_eq!(c.max_events_per_request, 10_000);
+        assert_eq!(c.api_read_token, None);
+        assert_eq!(c.api_read_pool_size, 4);
+        assert_eq!(c.api_read_timeout, Duration::from_secs(5));
+        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_max_connections, 1024);
     }
 }
