@@ -176,6 +176,11 @@ pub struct Config {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 10_485_760, value_parser = clap::value_parser!(u64).range(1..=1_073_741_824))]
     pub max_body_bytes: u64,
 
+    /// Most events one POST /publish body may hold (413 above it); counted while parsing, so
+    /// a body of millions of tiny elements is refused before they are built.
+    #[arg(long, env = "MAX_EVENTS_PER_REQUEST", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_events_per_request: u32,
+
     /// Longest wait for the stream's acknowledgements of a POST /publish (503 after it).
     #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub publish_timeout: Duration,
@@ -193,13 +198,36 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
 
+    /// Longest a client may take to send a request's headers (also how long an idle
+    /// keep-alive connection stays open); the connection is closed after it.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub http_header_timeout: Duration,
+
+    /// HTTP connections open at once; further clients wait in the listen backlog.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: u32,
+
     /// POST /publish requests handled at once; more get 503 + Retry-After.
     #[arg(long, env = "MAX_CONCURRENT_PUBLISH", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrent_publish: u32,
 
+    /// Connections of the pool the API's reads (/events, /dead-letters, /stats) use, apart
+    /// from the batch writers' pool.
+    #[arg(long, env = "API_READ_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub api_read_pool_size: u32,
+
+    /// Longest an API read query may run; Postgres cancels it after this (then 503).
+    #[arg(long, env = "API_READ_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub api_read_timeout: Duration,
+
     /// Bearer token required by write endpoints when set (never empty).
     #[arg(long, env = "API_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub api_token: Option<String>,
+
+    /// Bearer token required by read endpoints (/events, /dead-letters, /stats) when set
+    /// (never empty); API_TOKEN is accepted there too. Unset leaves /events and /stats open.
+    #[arg(long, env = "API_READ_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub api_read_token: Option<String>,
 
     /// `json` for JSON logs; anything else gives human-readable logs.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
@@ -411,6 +439,8 @@ mod tests {
         assert!(err.to_string().contains("RETENTION"), "{err}");
         let err = Cli::try_parse_from(["aggregator", "--api-token", ""]).unwrap_err();
         assert!(err.to_string().contains("API_TOKEN"), "{err}");
+        let err = Cli::try_parse_from(["aggregator", "--api-read-token", " "]).unwrap_err();
+        assert!(err.to_string().contains("API_READ_TOKEN"), "{err}");
         let err = Cli::try_parse_from(["aggregator", "--max-retries", "0"]).unwrap_err();
         assert!(err.to_string().contains("MAX_RETRIES"), "{err}");
     }
@@ -452,5 +482,11 @@ mod tests {
         assert_eq!(c.wal_max_size, 104_857_600);
         assert_eq!(c.circuit_breaker_timeout, Duration::from_secs(30));
         assert_eq!(c.stream_name, "EVENTS");
+        assert_eq!(c.max_events_per_request, 10_000);
+        assert_eq!(c.api_read_token, None);
+        assert_eq!(c.api_read_pool_size, 4);
+        assert_eq!(c.api_read_timeout, Duration::from_secs(5));
+        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_max_connections, 1024);
     }
 }

@@ -29,6 +29,9 @@ pub struct StoreSettings {
     pub database_url: String,
     /// Connections the pool may open.
     pub pool_size: u32,
+    /// The API's read pool: its connections and their `statement_timeout`.
+    pub read_pool_size: u32,
+    pub read_timeout: Duration,
 }
 
 /// NATS and the JetStream stream and consumer.
@@ -112,10 +115,14 @@ pub struct HousekeepingSettings {
 pub struct ApiSettings {
     pub http_addr: SocketAddr,
     pub max_body_bytes: usize,
+    pub max_events_per_request: usize,
     pub publish_timeout: Duration,
     pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
     pub max_concurrent_publish: usize,
     pub api_token: Option<String>,
+    pub api_read_token: Option<String>,
     pub metrics_max_topics: usize,
     pub subject_prefix: String,
     pub limits: Limits,
@@ -165,8 +172,11 @@ impl StoreSettings {
     fn from_config(c: &Config) -> Self {
         Self {
             database_url: c.database_url.clone(),
-            // One connection per worker plus room for the API, the monitor and housekeeping.
+            // One connection per worker plus room for the monitor, housekeeping and the
+            // health checks (API reads have a pool of their own: `read_pool_size`).
             pool_size: u32::from(c.workers) + 6,
+            read_pool_size: c.api_read_pool_size,
+            read_timeout: c.api_read_timeout,
         }
     }
 }
@@ -222,10 +232,14 @@ impl ApiSettings {
         Self {
             http_addr: c.http_addr,
             max_body_bytes: usize::try_from(c.max_body_bytes).unwrap_or(usize::MAX),
+            max_events_per_request: c.max_events_per_request as usize,
             publish_timeout: c.publish_timeout,
             request_timeout: c.request_timeout,
+            header_read_timeout: c.http_header_timeout,
+            max_connections: c.http_max_connections as usize,
             max_concurrent_publish: c.max_concurrent_publish as usize,
             api_token: c.api_token.clone(),
+            api_read_token: c.api_read_token.clone(),
             metrics_max_topics: c.metrics_max_topics as usize,
             subject_prefix: c.subject_prefix.clone(),
             limits: limits(c),

@@ -12,7 +12,7 @@ use crate::failpoint::Failpoint;
 use crate::guard::WriteGuard;
 use crate::intake::{BufferCount, Delivery, Intake};
 use crate::replay::Monitor;
-use crate::settings::Settings;
+use crate::settings::{Settings, StoreSettings};
 use crate::shutdown::{retry_unless_permanent, retry_until, CancellationToken};
 use crate::source::JetStreamSource;
 use crate::store::batch::COUNTER_SHARDS;
@@ -75,6 +75,10 @@ pub async fn start(
         .local_addr()
         .with_context(|| format!("HTTP_ADDR: cannot listen on {http_addr}"))?;
     tracing::info!(%addr, "HTTP API listening");
+    if settings.api.api_read_token.is_some() && settings.api.api_token.is_none() {
+        // A read token alone looks like "the API is secured", but writes stay open.
+        tracing::warn!("API_READ_TOKEN is set but API_TOKEN is not: POST /publish is open");
+    }
 
     let buffered = BufferCount::default();
     let state = AppState::new(
@@ -83,20 +87,34 @@ pub async fn start(
         buffered.clone(),
         prometheus,
     );
-    let server = axum::serve(listener, api::router(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let limits = api::server::ConnectionLimits {
+        header_read_timeout: settings.api.header_read_timeout,
+        max_connections: settings.api.max_connections,
+    };
+    let server = api::server::serve(
+        listener,
+        api::router(state.clone()),
+        limits,
+        shutdown.clone(),
+    );
     let task = tokio::spawn(async move {
-        let http = tokio::spawn(async move { server.await });
+        let http = tokio::spawn(server);
         let result = run_pipeline(settings, &state, wal, buffered, &shutdown).await;
         shutdown.cancel();
-        match http.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server error"),
-            Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
-            Ok(Ok(())) => {}
+        if let Err(e) = http.await {
+            tracing::warn!(error = %e, "HTTP server task failed");
         }
         result
     });
     Ok(Service { addr, task })
+}
+
+/// The API's store: its reads on a small pool of their own with a statement timeout, so they
+/// never take the batch writers' connections.
+fn api_store(store: &Store, settings: &StoreSettings) -> Store {
+    store
+        .clone()
+        .with_read_pool(settings.read_pool_size, settings.read_timeout)
 }
 
 /// Connects to Postgres and NATS, runs the pipeline until shutdown, then drains it.
@@ -117,7 +135,7 @@ async fn run_pipeline(
     else {
         return Ok(());
     };
-    let _ = state.store.set(store.clone());
+    let _ = state.store.set(api_store(&store, store_settings));
     let guard = Arc::new(WriteGuard::new(store.clone(), &settings.guard, wal));
     let _ = state.guard.set(guard.clone());
 

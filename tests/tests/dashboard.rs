@@ -386,4 +386,26 @@ async fn dashboard_in_headless_chromium_shows_exact_stats() {
         text_of(&dom, "dead_letters_note"),
         "dead letters: token required"
     );
+    drop(secured);
+
+    // With API_READ_TOKEN set, reads need it: opened as `/#token=<token>`, the page sends it
+    // and shows the exact stats; opened without it, the page says the reads were refused.
+    let read_only = Aggregator::spawn(&env, &[("API_READ_TOKEN", "r3ad")]).await;
+    let stats: Value = read_only
+        .http()
+        .get(format!("{}/stats", read_only.base_url()))
+        .bearer_auth("r3ad")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let page = format!("{}/#token=r3ad", read_only.base_url());
+    let dom = run_chromium(&browser, &["--dump-dom".into(), page]).await;
+    assert_dom_matches(&dom, &stats);
+    let page = format!("{}/", read_only.base_url());
+    let dom = run_chromium(&browser, &["--dump-dom".into(), page]).await;
+    let banner = text_of(&dom, "error");
+    assert!(banner.contains("/stats answered HTTP 401"), "{banner}");
 }

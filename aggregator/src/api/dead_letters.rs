@@ -1,5 +1,5 @@
 //! `GET /dead-letters?limit=&after=&include_redriven=`: messages that could not be stored,
-//! newest first, keyset paged. Needs the bearer token when `API_TOKEN` is set.
+//! newest first, keyset paged. Needs a bearer token (see `auth`).
 //!
 //! Raw bytes are shown safely: `raw_text` is the bytes as UTF-8 with invalid sequences
 //! replaced (JSON escaping takes care of control characters), `raw_base64` is exact.
@@ -60,6 +60,8 @@ fn parse_query(raw_query: Option<&str>) -> Result<(i64, Option<i64>, bool), ApiE
                     value
                         .strip_prefix("dl")
                         .and_then(|v| v.parse::<i64>().ok())
+                        // `next` names a stored id (from 1), written as digits only.
+                        .filter(|id| *id >= 1 && !value.starts_with("dl+"))
                         .ok_or_else(|| {
                             ApiError::bad_field("after", "is not a cursor returned as `next`")
                         })?,

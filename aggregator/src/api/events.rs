@@ -130,7 +130,13 @@ pub fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, i64)> {
     if parts.next().is_some() {
         return None;
     }
-    Some((DateTime::from_timestamp_micros(micros)?, id))
+    // A cursor comes from a stored row: an RFC 3339 timestamp (years 0000 to 9999) and an
+    // ingest id from 1. Anything else was made up, and some of it (a time outside Postgres'
+    // range) would fail in the query as a 500 instead of a 400.
+    let ts = DateTime::from_timestamp_micros(micros)?;
+    let years = DateTime::parse_from_rfc3339("0000-01-01T00:00:00Z").ok()?
+        ..DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999999Z").ok()?;
+    (years.start <= ts && ts <= years.end && id >= 1).then_some((ts, id))
 }
 
 #[cfg(test)]
@@ -144,7 +150,21 @@ mod tests {
             .with_timezone(&Utc);
         let c = encode_cursor(ts, 42);
         assert_eq!(decode_cursor(&c), Some((ts, 42)));
-        for bad in ["", "zz", "abc", "76313a", "garbage", &c[..c.len() - 4]] {
+        let huge = encode_cursor(
+            DateTime::from_timestamp_micros(-6_249_223_209_600_000_000).unwrap(),
+            1,
+        );
+        let zero_id = encode_cursor(ts, 0);
+        for bad in [
+            "",
+            "zz",
+            "abc",
+            "76313a",
+            "garbage",
+            &c[..c.len() - 4],
+            &huge,
+            &zero_id,
+        ] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
         }
     }

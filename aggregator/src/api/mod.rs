@@ -3,9 +3,9 @@
 //! | route | module |
 //! |---|---|
 //! | `POST /publish` | [`publish`] (bearer token when `API_TOKEN` is set: [`auth`]) |
-//! | `GET /events` | [`events`] |
-//! | `GET /dead-letters` | [`dead_letters`] (bearer token when `API_TOKEN` is set) |
-//! | `GET /stats` | [`stats`] |
+//! | `GET /events` | [`events`] (bearer token when `API_READ_TOKEN` is set) |
+//! | `GET /dead-letters` | [`dead_letters`] (bearer token when `API_READ_TOKEN` or `API_TOKEN` is set) |
+//! | `GET /stats` | [`stats`] (bearer token when `API_READ_TOKEN` is set) |
 //! | `GET /health`, `GET /live`, `GET /ready` | [`health`] |
 //! | `GET /metrics` | [`metrics`] |
 //! | `GET /` (live dashboard page, no token) | [`dashboard`] |
@@ -14,13 +14,16 @@
 //! span with method, path, status and latency.
 
 pub mod auth;
+pub mod body;
 pub mod dashboard;
 pub mod dead_letters;
 pub mod events;
 pub mod health;
+pub mod idempotency;
 pub mod metrics;
 pub mod publish;
 pub mod query;
+pub mod server;
 pub mod state;
 pub mod stats;
 
@@ -43,15 +46,27 @@ pub fn router(state: SharedState) -> Router {
             state.clone(),
             publish::admit,
         ))
-        .route("/dead-letters", get(dead_letters::list))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ));
-    Router::new()
-        .merge(writes)
+    let private_reads = Router::new()
+        .route("/dead-letters", get(dead_letters::list))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_private_read_token,
+        ));
+    let reads = Router::new()
         .route("/events", get(events::list))
         .route("/stats", get(stats::get_stats))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_read_token,
+        ));
+    Router::new()
+        .merge(writes)
+        .merge(private_reads)
+        .merge(reads)
         .route("/health", get(health::health))
         .route("/live", get(health::live))
         .route("/ready", get(health::ready))
@@ -102,6 +117,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub details: Vec<Detail>,
+    /// How many problems there were when `details` lists only the first ones (publish bodies).
+    pub details_total: Option<usize>,
 }
 
 impl ApiError {
@@ -110,7 +127,15 @@ impl ApiError {
             status,
             message: message.into(),
             details: Vec::new(),
+            details_total: None,
         }
+    }
+
+    /// The first `details` of `total` problems.
+    pub fn with_details(mut self, details: Vec<Detail>, total: usize) -> Self {
+        self.details = details;
+        self.details_total = Some(total);
+        self
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
@@ -142,17 +167,21 @@ impl ApiError {
                 field: field.to_owned(),
                 reason,
             }],
+            details_total: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = if self.details.is_empty() {
+        let mut body = if self.details.is_empty() {
             serde_json::json!({ "error": self.message })
         } else {
             serde_json::json!({ "error": self.message, "details": self.details })
         };
+        if let Some(total) = self.details_total {
+            body["details_total"] = total.into();
+        }
         let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(

@@ -3,17 +3,19 @@
 //!
 //! The body is one event, a JSON array of events, or `{"events": [...]}`. Validation comes
 //! first and is all-or-nothing: if any event is invalid the answer is 422 with one detail per
-//! invalid event and nothing is published. Then each event goes to `<prefix>.<topic>` and the
+//! invalid event (the first 100, and their total) and nothing is published; the parsing with
+//! bounded memory is in [`super::body`]. Then each event goes to `<prefix>.<topic>` and the
 //! handler waits (at most `PUBLISH_TIMEOUT`) for every PubAck before answering 202.
 //!
 //! With an `Idempotency-Key` header, event `i` is published with `Nats-Msg-Id: <key>:<i>`, so
 //! a client retrying a request whose answer it lost does not create the messages twice
-//! (within the stream's 2-minute duplicate window). Without it, a retried request that had
-//! partly succeeded re-publishes those events; they are then counted as duplicates, never
-//! stored twice.
+//! (within the stream's 2-minute duplicate window); the same key with other events is a 409
+//! ([`idempotency`]). Without it, a retried request that had partly succeeded re-publishes
+//! those events; they are then counted as duplicates, never stored twice.
 
-use super::state::SharedState;
-use super::{ApiError, Detail};
+use super::idempotency;
+use super::state::{AppState, SharedState};
+use super::ApiError;
 use crate::telemetry::names;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -22,11 +24,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use futures::future::try_join_all;
 use serde_json::Value;
-use shared::{Event, Limits};
+use shared::Event;
 use std::future::IntoFuture;
-
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
-const MAX_IDEMPOTENCY_KEY: usize = 200;
 
 /// Middleware in front of [`publish`], before the body is read: at most
 /// `MAX_CONCURRENT_PUBLISH` requests at once, the rest get 503 + Retry-After. Shedding load
@@ -50,21 +49,22 @@ pub async fn publish(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body.map_err(|rejection| body_error(&rejection, state.settings.max_body_bytes))?;
-    let events = parse_body(&body, &state.settings.limits)?;
-    let key = idempotency_key(&headers)?;
+    let events = super::body::parse(
+        &body,
+        &state.settings.limits,
+        state.settings.max_events_per_request,
+    )?;
+    let key = idempotency::key(&headers)?;
     let Some(js) = state.jetstream().filter(|_| state.nats_up()) else {
         return Err(ApiError::unavailable("NATS is unavailable; retry later"));
     };
     let trace_id = trace_id(&headers);
-    let publishing = publish_all(
-        &js,
-        &state.settings.subject_prefix,
-        &events,
-        key.as_deref(),
-        &trace_id,
-    );
+    let publishing = publish_all(&js, &state, &events, key.as_deref(), &trace_id);
     match tokio::time::timeout(state.settings.publish_timeout, publishing).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(Outcome::Published)) => {}
+        Ok(Ok(Outcome::Conflict)) => {
+            return Err(idempotency::conflict(key.as_deref().unwrap_or_default()))
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "publish to JetStream failed");
             return Err(ApiError::unavailable(format!(
@@ -97,20 +97,6 @@ fn body_error(rejection: &BytesRejection, max_body_bytes: usize) -> ApiError {
     }
 }
 
-/// The `Idempotency-Key` header, if any; a 400 when it is empty, too long or not ASCII.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
-        return Ok(None);
-    };
-    match v.to_str() {
-        Ok(k) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(k.to_owned())),
-        _ => Err(ApiError::bad_field(
-            "Idempotency-Key",
-            format!("must be 1..={MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
-        )),
-    }
-}
-
 /// W3C trace context: the caller's trace id when it sent a `traceparent`, else a new one.
 fn trace_id(headers: &HeaderMap) -> String {
     headers
@@ -121,34 +107,71 @@ fn trace_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| random_hex(16))
 }
 
-/// Publishes every event to its subject (`Nats-Msg-Id` `<key>:<i>` with a key), each with its
-/// own span id in the trace so it can be followed to its stored row, and waits for every
-/// PubAck.
+/// What became of a request's events.
+enum Outcome {
+    /// Every event acknowledged by the stream (stored now, or by the request this retries).
+    Published,
+    /// The key was used for other events: nothing of this request was published.
+    Conflict,
+}
+
+/// Publishes every event to its subject, each with its own span id in the trace so it can be
+/// followed to its stored row, and waits for every PubAck. With a key, event 0 goes first and
+/// alone to claim it (see [`idempotency`]).
 async fn publish_all(
     js: &async_nats::jetstream::Context,
-    prefix: &str,
+    state: &AppState,
     events: &[Event],
     key: Option<&str>,
     trace_id: &str,
-) -> Result<(), async_nats::Error> {
-    let mut acks = Vec::with_capacity(events.len());
-    for (i, event) in events.iter().enumerate() {
-        let subject = shared::subject::subject_for(prefix, event.topic());
-        let mut headers = async_nats::HeaderMap::new();
-        if let Some(k) = key {
-            headers.insert("Nats-Msg-Id", format!("{k}:{i}").as_str());
+) -> Result<Outcome, async_nats::Error> {
+    let prefix = &state.settings.subject_prefix;
+    let keyed = key.map(|k| (k, idempotency::body_hash(events)));
+    let keyed = keyed.as_ref().map(|(k, h)| (*k, h.as_str()));
+    let mut rest = events.iter().enumerate();
+    if let Some((k, hash)) = keyed {
+        let (i, first) = rest.next().expect("a parsed body holds at least one event");
+        let ack = publish_one(js, prefix, first, Some((k, i, hash)), trace_id)
+            .await?
+            .await?;
+        if ack.duplicate {
+            let stream = &state.broker.stream_name;
+            let first_payload = first.to_json();
+            if !idempotency::is_retry(js, stream, ack.sequence, hash, &first_payload).await? {
+                return Ok(Outcome::Conflict);
+            }
         }
-        headers.insert(
-            shared::trace::HEADER,
-            format!("00-{trace_id}-{}-01", random_hex(8)).as_str(),
-        );
-        acks.push(
-            js.publish_with_headers(subject, headers, event.to_json().into())
-                .await?,
-        );
+    }
+    let mut acks = Vec::with_capacity(events.len());
+    for (i, event) in rest {
+        let keyed = keyed.map(|(k, hash)| (k, i, hash));
+        acks.push(publish_one(js, prefix, event, keyed, trace_id).await?);
     }
     try_join_all(acks.into_iter().map(|a| a.into_future())).await?;
-    Ok(())
+    Ok(Outcome::Published)
+}
+
+/// Publishes one event; with `(key, index, hash)` it carries `Nats-Msg-Id` and the hash.
+async fn publish_one(
+    js: &async_nats::jetstream::Context,
+    prefix: &str,
+    event: &Event,
+    keyed: Option<(&str, usize, &str)>,
+    trace_id: &str,
+) -> Result<async_nats::jetstream::context::PublishAckFuture, async_nats::Error> {
+    let subject = shared::subject::subject_for(prefix, event.topic());
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some((key, i, hash)) = keyed {
+        headers.insert("Nats-Msg-Id", idempotency::msg_id(key, i).as_str());
+        headers.insert(idempotency::BODY_HASH, hash);
+    }
+    headers.insert(
+        shared::trace::HEADER,
+        format!("00-{trace_id}-{}-01", random_hex(8)).as_str(),
+    );
+    Ok(js
+        .publish_with_headers(subject, headers, event.to_json().into())
+        .await?)
 }
 
 /// `n` random bytes as lowercase hex (never all zeros, which W3C reserves as invalid).
@@ -157,111 +180,6 @@ fn random_hex(n: usize) -> String {
         let bytes: Vec<u8> = (0..n).map(|_| rand::random::<u8>()).collect();
         if bytes.iter().any(|b| *b != 0) {
             return bytes.iter().map(|b| format!("{b:02x}")).collect();
-        }
-    }
-}
-
-/// Parses and validates a publish body: 400 when it is not a JSON event, list of events or
-/// `{"events": [...]}`, 422 listing every invalid event.
-fn parse_body(body: &[u8], limits: &Limits) -> Result<Vec<Event>, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_field("body", format!("not valid JSON: {e}")))?;
-    let items: Vec<Value> = match value {
-        Value::Array(items) => items,
-        Value::Object(mut obj) if obj.contains_key("events") && !obj.contains_key("topic") => {
-            match obj.remove("events") {
-                Some(Value::Array(items)) => items,
-                _ => return Err(ApiError::bad_field("events", "must be an array of events")),
-            }
-        }
-        obj @ Value::Object(_) => vec![obj],
-        _ => {
-            return Err(ApiError::bad_field(
-                "body",
-                "must be an event object, an array of events, or {\"events\": [...]}",
-            ))
-        }
-    };
-    if items.is_empty() {
-        return Err(ApiError::bad_field("body", "contains no events"));
-    }
-    let mut events = Vec::with_capacity(items.len());
-    let mut details = Vec::new();
-    for (index, item) in items.iter().enumerate() {
-        match Event::from_value(item, limits) {
-            Ok(e) => events.push(e),
-            Err(e) => details.push(Detail {
-                index: Some(index),
-                field: e.field.to_owned(),
-                reason: e.reason,
-            }),
-        }
-    }
-    if !details.is_empty() {
-        return Err(ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            message: format!(
-                "{} of {} events are invalid; none were published",
-                details.len(),
-                items.len()
-            ),
-            details,
-        });
-    }
-    Ok(events)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(id: &str, ts: &str) -> Value {
-        serde_json::json!({"topic": "a.b", "event_id": id, "timestamp": ts, "source": "s", "payload": {}})
-    }
-
-    #[test]
-    fn three_body_shapes_are_accepted() {
-        let l = Limits::default();
-        let one = ev("1", "2026-01-01T00:00:00Z");
-        let b = serde_json::to_vec(&one).unwrap();
-        assert_eq!(parse_body(&b, &l).unwrap().len(), 1);
-        let b =
-            serde_json::to_vec(&serde_json::json!([one, ev("2", "2026-01-01T00:00:00Z")])).unwrap();
-        assert_eq!(parse_body(&b, &l).unwrap().len(), 2);
-        let b = serde_json::to_vec(&serde_json::json!({"events": [one]})).unwrap();
-        assert_eq!(parse_body(&b, &l).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn invalid_events_are_all_reported_by_index() {
-        let l = Limits::default();
-        let b = serde_json::to_vec(&serde_json::json!([
-            ev("1", "2026-01-01T00:00:00Z"),
-            ev("2", "not a time"),
-            ev("", "2026-01-01T00:00:00Z"),
-        ]))
-        .unwrap();
-        let err = parse_body(&b, &l).unwrap_err();
-        assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
-        let got: Vec<_> = err
-            .details
-            .iter()
-            .map(|d| (d.index, d.field.as_str()))
-            .collect();
-        assert_eq!(got, vec![(Some(1), "timestamp"), (Some(2), "event_id")]);
-    }
-
-    #[test]
-    fn malformed_bodies_are_400() {
-        let l = Limits::default();
-        for body in [&b"{"[..], b"[]", b"42", b"\"x\"", br#"{"events": 3}"#] {
-            let err = parse_body(body, &l).unwrap_err();
-            assert_eq!(
-                err.status,
-                StatusCode::BAD_REQUEST,
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
         }
     }
 }

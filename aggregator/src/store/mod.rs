@@ -2,7 +2,8 @@
 //!
 //! * [`batch`]: the batch write, one transaction per batch (events, counters, processed record,
 //!   dead letters), the heart of exactly-once counting.
-//! * [`queries`]: read side for the API (`/stats`).
+//! * [`queries`]: read side for the API (`/stats`, `/events`, `/dead-letters`), on the read
+//!   pool when [`Store::with_read_pool`] gave it one.
 //! * [`compact`]: keeps the processed-message record from growing forever.
 //!
 //! [`Store::connect`] creates the database when it is missing and applies the migrations in
@@ -27,26 +28,16 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// The API's reads (`queries`): the same pool until [`Store::with_read_pool`] gives them
+    /// their own.
+    reads: PgPool,
+    options: PgConnectOptions,
 }
 
 impl Store {
     /// Connects (creating the database if needed), and applies pending migrations.
     pub async fn connect(database_url: &str, pool_size: u32) -> anyhow::Result<Self> {
-        let options = PgConnectOptions::from_str(database_url)
-            .context("DATABASE_URL is not a valid PostgreSQL URL")?
-            .application_name("aggregator")
-            .options([
-                // Every statement here has the same good plan whatever its parameters (batch
-                // writes over UNNEST arrays, index lookups): plan once per connection instead
-                // of re-planning each batch (planning was ~15% of a batch write).
-                ("plan_cache_mode", "force_generic_plan"),
-                // A transaction abandoned mid-way (a write that timed out, a task cancelled)
-                // keeps its locks until its connection is used again; the server ends such
-                // a session after a minute so it cannot hold the compaction lock for good.
-                ("idle_in_transaction_session_timeout", "60s"),
-            ])
-            .log_statements(tracing::log::LevelFilter::Trace)
-            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
+        let options = connect_options(database_url)?;
         // The maintenance connection is a clone of these options: same TLS mode, certificates
         // and credentials as every pool connection.
         create_database_if_missing(&options).await?;
@@ -54,14 +45,35 @@ impl Store {
             .max_connections(pool_size)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(connect_error)?;
         MIGRATOR
             .run(&pool)
             .await
             .context("applying database migrations")?;
-        Ok(Self { pool })
+        Ok(Self {
+            reads: pool.clone(),
+            pool,
+            options,
+        })
+    }
+
+    /// The same store with the API's reads (`/events`, `/dead-letters`, `/stats`) on a pool
+    /// of their own, `size` connections whose statements the server cancels after
+    /// `statement_timeout`: a flood of slow reads then waits for those few connections (or
+    /// gets a 503) instead of taking the connections the batch writers need.
+    pub fn with_read_pool(self, size: u32, statement_timeout: Duration) -> Self {
+        let timeout = format!("{}ms", statement_timeout.as_millis());
+        let options = self
+            .options
+            .clone()
+            .options([("statement_timeout", timeout.as_str())]);
+        let reads = PgPoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Self { reads, ..self }
     }
 
     /// A cheap round trip, bounded in time: is the database answering?
@@ -236,6 +248,25 @@ pub fn is_permanent_connect_error(err: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("28")),
         _ => false,
     }
+}
+
+/// How every connection is opened: the session settings each pool starts from.
+fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(database_url)
+        .context("DATABASE_URL is not a valid PostgreSQL URL")?
+        .application_name("aggregator")
+        .options([
+            // Every statement here has the same good plan whatever its parameters (batch
+            // writes over UNNEST arrays, index lookups): plan once per connection instead
+            // of re-planning each batch (planning was ~15% of a batch write).
+            ("plan_cache_mode", "force_generic_plan"),
+            // A transaction abandoned mid-way (a write that timed out, a task cancelled)
+            // keeps its locks until its connection is used again; the server ends such
+            // a session after a minute so it cannot hold the compaction lock for good.
+            ("idle_in_transaction_session_timeout", "60s"),
+        ])
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))
 }
 
 /// `CREATE DATABASE` when the target database does not exist yet. Several replicas may race

@@ -65,7 +65,7 @@ pub struct StoredDeadLetter {
 impl Store {
     /// Durable totals (for `/stats`).
     pub async fn totals(&self) -> sqlx::Result<Totals> {
-        let pool = &self.pool;
+        let pool = &self.reads;
         let topics: Vec<TopicCounts> = sqlx::query_as(
             "SELECT topic,
                     sum(received)::bigint AS received,
@@ -121,7 +121,7 @@ impl Store {
         }
         q.push(" ORDER BY ts DESC, id DESC LIMIT ")
             .push_bind(f.limit);
-        q.build_query_as().fetch_all(&self.pool).await
+        q.build_query_as().fetch_all(&self.reads).await
     }
 
     /// Dead letters, newest first, by keyset pagination on `id`.
@@ -140,7 +140,7 @@ impl Store {
         .bind(after_id)
         .bind(limit)
         .bind(include_redriven)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await
     }
 

@@ -5,11 +5,17 @@
 //!
 //! One module per endpoint; `common` holds the helpers they share.
 
+mod auth;
+mod bounded;
 mod common;
+mod cursor;
 mod duplicates;
 mod events;
 mod health;
+mod idempotency;
 mod in_process;
 mod metrics;
 mod publish;
 mod publisher;
+mod read_pool;
+mod slow_clients;

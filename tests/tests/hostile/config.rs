@@ -61,6 +61,9 @@ async fn bad_configuration_exits_with_one_line_naming_the_variable() {
         ("NATS_CREDS", "/nonexistent/user.creds"),
         ("NATS_CREDS", not_a_dir.as_str()),
         ("NATS_NKEY", not_a_dir.as_str()),
+        ("API_READ_TOKEN", ""),
+        ("API_READ_TOKEN", "  "),
+        ("MAX_EVENTS_PER_REQUEST", "0"),
     ];
     let nats = env.nats_url();
     let db = env.database_url();
