@@ -117,6 +117,19 @@ fn api_store(store: &Store, settings: &StoreSettings) -> Store {
         .with_read_pool(settings.read_pool_size, settings.read_timeout)
 }
 
+/// The store, once Postgres answers (`None` when shutdown came first). Postgres still starting
+/// is waited for; a refusal that will not change (TLS, a certificate, credentials,
+/// pg_hba.conf) stops start-up with its reason.
+async fn connect_store(
+    settings: &StoreSettings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Store>> {
+    retry_unless_permanent("PostgreSQL", shutdown, || {
+        Store::connect(&settings.database_url, settings.pool_size)
+    })
+    .await
+}
+
 /// Connects to Postgres and NATS, runs the pipeline until shutdown, then drains it.
 async fn run_pipeline(
     settings: Settings,
@@ -125,17 +138,10 @@ async fn run_pipeline(
     buffered: BufferCount,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let store_settings = &settings.store;
-    // Postgres still starting is waited for; a refusal that will not change (TLS, a
-    // certificate, credentials, pg_hba.conf) stops start-up with its reason.
-    let Some(store) = retry_unless_permanent("PostgreSQL", shutdown, || {
-        Store::connect(&store_settings.database_url, store_settings.pool_size)
-    })
-    .await?
-    else {
+    let Some(store) = connect_store(&settings.store, shutdown).await? else {
         return Ok(());
     };
-    let _ = state.store.set(api_store(&store, store_settings));
+    let _ = state.store.set(api_store(&store, &settings.store));
     let guard = Arc::new(WriteGuard::new(store.clone(), &settings.guard, wal));
     let _ = state.guard.set(guard.clone());
 
