@@ -217,8 +217,17 @@ pub async fn run_steps(
                 down[*r] = false;
                 format!("pid {}", topo.aggs[*r].pid())
             }
-            Action::AggPause(r) => note_of(signal(topo.aggs[*r].pid(), Signal::SIGSTOP)),
-            Action::AggResume(r) => note_of(signal(topo.aggs[*r].pid(), Signal::SIGCONT)),
+            // Only a replica still running (not yet reaped) owns its pid: once reaped, the pid
+            // may belong to any process on the machine (pid_max can be 32768), such as another
+            // test's paused nats-server that a stray SIGCONT would wake.
+            Action::AggPause(r) => match topo.aggs[*r].is_running() {
+                true => note_of(signal(topo.aggs[*r].pid(), Signal::SIGSTOP)),
+                false => "not running".into(),
+            },
+            Action::AggResume(r) => match topo.aggs[*r].is_running() {
+                true => note_of(signal(topo.aggs[*r].pid(), Signal::SIGCONT)),
+                false => "not running".into(),
+            },
             Action::NatsKill(i) => {
                 topo.cluster.kill(*i);
                 String::new()
