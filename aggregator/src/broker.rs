@@ -50,7 +50,7 @@ pub async fn connect(config: &BrokerSettings) -> anyhow::Result<async_nats::Clie
         };
         let delay = CONNECT_RETRY.delay(attempt);
         tracing::warn!(
-            url = %shared::nats::redact_url(url),
+            url = %shared::secrets::redact_url(url),
             error = %reason,
             retry_in_ms = delay.as_millis() as u64,
             "NATS not available yet"

@@ -5,7 +5,7 @@
 //! stops start-up with one line naming the variable instead of failing later at run time.
 
 use clap::{Args, Parser, Subcommand};
-use shared::secrets::{redact_url as redact, SecretUrl};
+use shared::secrets::{redact_url, SecretUrl};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -326,7 +326,7 @@ fn parse_nats_url(s: &str) -> Result<String, String> {
         if !ok {
             return Err(format!(
                 "{:?} is not a NATS URL (expected nats://host:port, comma-separated for a cluster)",
-                redact(part)
+                redact_url(part)
             ));
         }
     }
@@ -336,10 +336,10 @@ fn parse_nats_url(s: &str) -> Result<String, String> {
 fn parse_database_url(s: &str) -> Result<String, String> {
     use std::str::FromStr;
     if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
-        return Err(format!("{:?} is not a postgres:// URL", redact(s)));
+        return Err(format!("{:?} is not a postgres:// URL", redact_url(s)));
     }
     sqlx::postgres::PgConnectOptions::from_str(s)
-        .map_err(|e| format!("{:?} is not a valid PostgreSQL URL: {e}", redact(s)))?;
+        .map_err(|e| format!("{:?} is not a valid PostgreSQL URL: {e}", redact_url(s)))?;
     check_tls_files(s)?;
     Ok(s.to_owned())
 }

@@ -184,7 +184,7 @@ impl NatsSink {
             Err(permanent) => anyhow::anyhow!(permanent),
             Ok(reason) => anyhow::anyhow!(
                 "cannot connect to NATS at {}: {reason}",
-                shared::nats::redact_url(url)
+                shared::secrets::redact_url(url)
             ),
         })?;
         let js = async_nats::jetstream::new(client);

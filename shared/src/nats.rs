@@ -8,6 +8,7 @@
 //! Written once so the publisher and the aggregator accept the same settings and refuse the
 //! same mistakes with the same one-line messages, each naming the variable to change.
 
+use crate::secrets::redact_url;
 use async_nats::{ConnectError, ConnectErrorKind, ConnectOptions, ServerAddr};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -121,11 +122,6 @@ fn url_credentials(url: &str) -> Result<Option<(String, Option<String>)>, String
         }
     }
     Ok(found)
-}
-
-/// `url` with any password or token replaced by `***`, for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    crate::secrets::redact_url(url)
 }
 
 /// One server URL with its `user:password@` replaced by `userinfo@`, or dropped.
