@@ -248,6 +248,23 @@ impl Aggregator {
         self.pid
     }
 
+    /// `GET <path>` that never panics: `None` when the request fails or takes over 5 s
+    /// (process down, paused, ...). A body that is not JSON is returned as `Value::String`.
+    pub async fn try_get(&self, path: &str) -> Option<(u16, Value)> {
+        self.fetch(path, Some(Duration::from_secs(5))).await.ok()
+    }
+
+    /// Sends `sig` while the process runs. Once it has exited and been reaped its pid may
+    /// belong to any process on the machine (`pid_max` can be 32768), such as another test's
+    /// paused server that a stray SIGCONT would wake, so then nothing is sent.
+    pub fn signal(&mut self, sig: Signal) -> Result<(), String> {
+        if !self.is_running() {
+            return Err("not running".into());
+        }
+        util::signal(self.pid, sig);
+        Ok(())
+    }
+
     /// The WAL directory (`WAL_PATH`) of this aggregator.
     pub fn wal_path(&self) -> &Path {
         &self.wal_path
@@ -317,18 +334,22 @@ impl Aggregator {
     /// `GET <path>` → (status, body). A body that is not JSON is returned as
     /// `Value::String`. Panics (with the log tail) when the request itself fails.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        match self.try_get(path).await {
+        match self.fetch(path, None).await {
             Ok(r) => r,
             Err(e) => panic!("GET {path}: {e}\n{}", self.log_tail()),
         }
     }
 
-    async fn try_get(&self, path: &str) -> Result<(u16, Value), reqwest::Error> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base_url()))
-            .send()
-            .await?;
+    async fn fetch(
+        &self,
+        path: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        let mut request = self.http.get(format!("{}{path}", self.base_url()));
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let resp = request.send().await?;
         let status = resp.status().as_u16();
         let text = resp.text().await?;
         Ok((status, parse_body(text)))
@@ -436,7 +457,7 @@ impl Aggregator {
                     self.log_tail()
                 );
             }
-            match self.try_get("/stats").await {
+            match self.fetch("/stats", None).await {
                 Ok((200, stats)) => {
                     let received = as_i64(&stats, "received");
                     let unique = as_i64(&stats, "unique_processed");

@@ -43,6 +43,6 @@ pub use publish::{
 };
 pub use secure::{AuthMode, Security};
 pub use util::{
-    assert_consistent, count, create_stream, eventually, file_tail, free_port, int, metric_sum,
-    strip_ansi, wait_compacted, TempDir,
+    assert_consistent, assert_counts, count, create_stream, eventually, file_tail, free_port, int,
+    metric_sum, strip_ansi, wait_compacted, TempDir,
 };

@@ -450,6 +450,27 @@ pub fn assert_consistent(stats: &serde_json::Value) {
     assert_eq!(names, sorted, "topics must be sorted by topic: {stats}");
 }
 
+/// `/stats` shows exactly these counts, no dead letters, the matching duplicate rate, and
+/// agrees with itself ([`assert_consistent`]).
+pub fn assert_counts(stats: &serde_json::Value, received: i64, unique: i64, duplicates: i64) {
+    assert_eq!(int(stats, "received"), received, "received: {stats}");
+    assert_eq!(int(stats, "unique_processed"), unique, "unique: {stats}");
+    assert_eq!(
+        int(stats, "duplicate_dropped"),
+        duplicates,
+        "duplicates: {stats}"
+    );
+    assert_eq!(int(stats, "dead_lettered"), 0, "dead_lettered: {stats}");
+    let rate = stats["duplicate_rate"].as_f64().expect("duplicate_rate");
+    let expected = if received == 0 {
+        0.0
+    } else {
+        duplicates as f64 / received as f64
+    };
+    assert!((rate - expected).abs() < 1e-9, "duplicate_rate: {stats}");
+    assert_consistent(stats);
+}
+
 /// An integer field of a JSON object, panicking with the object when it is missing.
 pub fn int(v: &serde_json::Value, field: &str) -> i64 {
     v[field]

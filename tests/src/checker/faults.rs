@@ -217,17 +217,8 @@ pub async fn run_steps(
                 down[*r] = false;
                 format!("pid {}", topo.aggs[*r].pid())
             }
-            // Only a replica still running (not yet reaped) owns its pid: once reaped, the pid
-            // may belong to any process on the machine (pid_max can be 32768), such as another
-            // test's paused nats-server that a stray SIGCONT would wake.
-            Action::AggPause(r) => match topo.aggs[*r].is_running() {
-                true => note_of(signal(topo.aggs[*r].pid(), Signal::SIGSTOP)),
-                false => "not running".into(),
-            },
-            Action::AggResume(r) => match topo.aggs[*r].is_running() {
-                true => note_of(signal(topo.aggs[*r].pid(), Signal::SIGCONT)),
-                false => "not running".into(),
-            },
+            Action::AggPause(r) => note_of(topo.aggs[*r].signal(Signal::SIGSTOP)),
+            Action::AggResume(r) => note_of(topo.aggs[*r].signal(Signal::SIGCONT)),
             Action::NatsKill(i) => {
                 topo.cluster.kill(*i);
                 String::new()
@@ -438,9 +429,7 @@ pub async fn heal_all(topo: &mut Topology, run: &mut FaultRun, start: tokio::tim
         }
     }
     for (r, agg) in topo.aggs.iter_mut().enumerate() {
-        if agg.is_running() {
-            let _ = signal(agg.pid(), Signal::SIGCONT);
-        } else {
+        if agg.signal(Signal::SIGCONT).is_err() {
             run.problems.push(format!(
                 "replica {r} was not running when the schedule ended; restarted"
             ));

@@ -87,20 +87,6 @@ impl Truth {
     }
 }
 
-/// `GET <path>` on a replica with a short timeout: (status, JSON body).
-async fn get_json(agg: &crate::Aggregator, path: &str) -> Option<(u16, Value)> {
-    let resp = agg
-        .http()
-        .get(format!("{}{path}", agg.base_url()))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
-    let status = resp.status().as_u16();
-    let body = serde_json::from_str(&resp.text().await.ok()?).ok()?;
-    Some((status, body))
-}
-
 /// (num_pending, num_ack_pending) of the durable consumer.
 async fn consumer_backlog(topo: &Topology) -> Result<(u64, u64), String> {
     let info = topo
@@ -129,7 +115,7 @@ pub async fn settle(topo: &mut Topology) -> Result<Duration, String> {
                 state.push(format!("replica {r} not running"));
                 continue;
             }
-            match get_json(agg, "/stats").await {
+            match agg.try_get("/stats").await {
                 Some((200, s)) => received.push(s["received"].as_i64().unwrap_or(-1)),
                 other => {
                     ok = false;
@@ -342,7 +328,7 @@ pub async fn check(topo: &mut Topology, truth: &Truth, load: &LoadOutcome) -> Ve
     // Replica figures.
     let mut all: Vec<(usize, Figures)> = Vec::new();
     for (r, agg) in topo.aggs.iter().enumerate() {
-        match get_json(agg, "/stats").await {
+        match agg.try_get("/stats").await {
             Some((200, s)) => all.push((r, figures(&s))),
             other => v.push(format!("[3] replica {r} GET /stats: {other:?}")),
         }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, FixedOffset, SecondsFormat, TimeDelta, Utc};
 use integration_tests::Aggregator;
-pub(crate) use integration_tests::{assert_consistent, int};
+pub(crate) use integration_tests::{assert_counts, int};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -192,25 +192,6 @@ pub(crate) fn ids(events: &[Value]) -> Vec<String> {
         .iter()
         .map(|e| e["event_id"].as_str().unwrap().to_string())
         .collect()
-}
-
-pub(crate) fn assert_counts(stats: &Value, received: i64, unique: i64, duplicates: i64) {
-    assert_eq!(int(stats, "received"), received, "received: {stats}");
-    assert_eq!(int(stats, "unique_processed"), unique, "unique: {stats}");
-    assert_eq!(
-        int(stats, "duplicate_dropped"),
-        duplicates,
-        "duplicates: {stats}"
-    );
-    assert_eq!(int(stats, "dead_lettered"), 0, "dead_lettered: {stats}");
-    let rate = stats["duplicate_rate"].as_f64().expect("duplicate_rate");
-    let expected = if received == 0 {
-        0.0
-    } else {
-        duplicates as f64 / received as f64
-    };
-    assert!((rate - expected).abs() < 1e-9, "duplicate_rate: {stats}");
-    assert_consistent(stats);
 }
 
 /// Per-topic counters from `/stats`: topic -> (received, unique, duplicates).

@@ -26,23 +26,6 @@ pub(crate) async fn consumer_info(env: &TestEnv) -> jetstream::consumer::Info {
     consumer.info().await.unwrap().clone()
 }
 
-/// `GET <path>` that never panics: `None` when the request fails (process down, ...).
-pub(crate) async fn try_get(agg: &Aggregator, path: &str) -> Option<(u16, Value)> {
-    let resp = agg
-        .http()
-        .get(format!("{}{path}", agg.base_url()))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
-    let status = resp.status().as_u16();
-    let text = resp.text().await.ok()?;
-    Some((
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    ))
-}
-
 /// `GET <path>` with an optional bearer token → (status, body as JSON or `Value::String`).
 pub(crate) async fn get_with_token(
     agg: &Aggregator,

@@ -48,7 +48,7 @@ async fn a_message_that_crashes_the_aggregator_is_dead_lettered_not_looped() {
             agg.restart_no_wait();
             continue;
         }
-        if let Some((200, s)) = try_get(&agg, "/stats").await {
+        if let Some((200, s)) = agg.try_get("/stats").await {
             if int(&s, "received") + int(&s, "dead_lettered") >= 21 {
                 let info = consumer_info(&env).await;
                 if info.num_pending == 0 && info.num_ack_pending == 0 {
