@@ -17,6 +17,7 @@
 //! idempotent re-creates have been seen to report different ones for the same stream.
 
 use crate::settings::BrokerSettings;
+use crate::shutdown::{retry_unless_permanent, CancellationToken, Permanent};
 use anyhow::Context;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
@@ -25,38 +26,28 @@ use std::time::Duration;
 /// Metadata key (and description tag) holding a stream's incarnation token.
 pub const IDENTITY_KEY: &str = "aggregator.incarnation";
 
-/// Waits between connection attempts while NATS is not up yet.
-const CONNECT_RETRY: shared::backoff::Backoff =
-    shared::backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
-
 /// Connects to NATS, retrying for as long as the server is unreachable (NATS may start after
 /// the aggregator) but failing at once, with one line naming the variable, when retrying
-/// cannot help: credentials refused, an untrusted certificate, a bad TLS set-up. Each
-/// attempt is a single pass over the servers (no `retry_on_initial_connect`, which would
-/// retry refused credentials forever); once connected, the client reconnects by itself.
-pub async fn connect(config: &BrokerSettings) -> anyhow::Result<async_nats::Client> {
-    let url = &config.nats_url;
-    let mut attempt = 0u32;
-    loop {
-        attempt = attempt.saturating_add(1);
-        let connecting = config.nats.connect(url, |o| {
-            o.name("aggregator")
-                .connection_timeout(Duration::from_secs(5))
-        });
-        let reason = match connecting.await {
-            Ok(client) => return Ok(client),
-            // `Ok(reason)`: worth another attempt; `Err(line)`: start-up ends with it.
-            Err(failure) => failure.map_err(anyhow::Error::msg)?,
-        };
-        let delay = CONNECT_RETRY.delay(attempt);
-        tracing::warn!(
-            url = %shared::secrets::redact_url(url),
-            error = %reason,
-            retry_in_ms = delay.as_millis() as u64,
-            "NATS not available yet"
-        );
-        tokio::time::sleep(delay).await;
-    }
+/// cannot help: credentials refused, an untrusted certificate, a bad TLS set-up. `None` when
+/// `shutdown` comes first. Once connected, the client reconnects by itself.
+pub async fn connect(
+    config: &BrokerSettings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<async_nats::Client>> {
+    retry_unless_permanent("NATS", shutdown, || connect_once(config)).await
+}
+
+/// One pass over the servers (no `retry_on_initial_connect`, which would retry refused
+/// credentials forever); a failure retrying cannot fix is [`Permanent`].
+async fn connect_once(config: &BrokerSettings) -> anyhow::Result<async_nats::Client> {
+    let connecting = config.nats.connect(&config.nats_url, |o| {
+        o.name("aggregator")
+            .connection_timeout(Duration::from_secs(5))
+    });
+    connecting.await.map_err(|failure| match failure {
+        Ok(transient) => anyhow::Error::msg(transient),
+        Err(line) => anyhow::Error::new(Permanent(line)),
+    })
 }
 
 pub fn stream_config(config: &BrokerSettings) -> stream::Config {

@@ -10,6 +10,7 @@
 
 use crate::broker;
 use crate::settings::Settings;
+use crate::shutdown::{self, CancellationToken};
 use crate::store::Store;
 use anyhow::Context;
 
@@ -23,7 +24,12 @@ pub async fn run(settings: &Settings, ids: &[i64], dry_run: bool) -> anyhow::Res
         println!("no dead letters to redrive");
         return Ok(());
     }
-    let client = broker::connect(&settings.broker).await?;
+    // Waits while NATS is unreachable; Ctrl-C ends the wait.
+    let interrupted = CancellationToken::new();
+    shutdown::cancel_on_signal(interrupted.clone());
+    let Some(client) = broker::connect(&settings.broker, &interrupted).await? else {
+        anyhow::bail!("interrupted while waiting for NATS");
+    };
     let js = async_nats::jetstream::new(client.clone());
     let (mut sent, mut skipped) = (0u64, 0u64);
     for row in rows {

@@ -145,9 +145,8 @@ async fn run_pipeline(
     let guard = Arc::new(WriteGuard::new(store.clone(), &settings.guard, wal));
     let _ = state.guard.set(guard.clone());
 
-    let client = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
-        c = broker::connect(&settings.broker) => c?,
+    let Some(client) = broker::connect(&settings.broker, shutdown).await? else {
+        return Ok(());
     };
     let _ = state.nats.set(client.clone());
     let Some(subscription) = retry_until("JetStream", shutdown, || {
