@@ -4,7 +4,8 @@
 //! (DESIGN.md, "Aggregator configuration"). Values are parsed and checked here, so a bad one
 //! stops start-up with one line naming the variable instead of failing later at run time.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use shared::logging::LogFormat;
 use shared::secrets::{redact_url, SecretUrl};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +43,30 @@ pub struct Cli {
     pub config: Config,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// The command line with every setting global, so it is accepted after a subcommand too
+    /// (`aggregator redrive --database-url ...`), as before it.
+    pub fn command_with_global_settings() -> clap::Command {
+        Cli::command().mut_args(|arg| arg.global(true))
+    }
+
+    /// Parses the process's arguments; exits with clap's message (naming the variable) on a
+    /// bad one.
+    pub fn parse_args() -> Cli {
+        Cli::try_parse_args_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Cli::parse_args`] over given arguments.
+    pub fn try_parse_args_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command_with_global_settings().try_get_matches_from(args)?;
+        Cli::from_arg_matches(&matches)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,8 +214,10 @@ pub struct Config {
     #[arg(long, env = "METRICS_MAX_TOPICS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub metrics_max_topics: u32,
 
-    /// Deliveries after which a message that still was not stored is written alone; after
-    /// twice as many it is dead-lettered (a message that crashes the process cannot loop).
+    /// Deliveries after which a message that still was not stored is a suspect (it may be
+    /// crashing the process): it is written alone, once, with the attempt recorded in
+    /// Postgres first; delivered again after that attempt, it is dead-lettered unprocessed.
+    /// JetStream itself redelivers without limit.
     #[arg(long, env = "MAX_DELIVER", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=1000))]
     pub max_deliver: i64,
 
@@ -220,18 +247,21 @@ pub struct Config {
     #[arg(long, env = "API_READ_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub api_read_timeout: Duration,
 
-    /// Bearer token required by write endpoints when set (never empty).
+    /// Bearer token required, when set (never empty), by POST /publish, by GET /dead-letters
+    /// unless API_READ_TOKEN is set, and accepted wherever API_READ_TOKEN is. Probes,
+    /// /metrics and the dashboard page stay open.
     #[arg(long, env = "API_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub api_token: Option<String>,
 
-    /// Bearer token required by read endpoints (/events, /dead-letters, /stats) when set
-    /// (never empty); API_TOKEN is accepted there too. Unset leaves /events and /stats open.
+    /// Bearer token required by GET /events, /stats and /dead-letters when set (never
+    /// empty); API_TOKEN is accepted there too. Unset leaves /events and /stats open.
     #[arg(long, env = "API_READ_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub api_read_token: Option<String>,
 
-    /// `json` for JSON logs; anything else gives human-readable logs.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    /// Log lines as `text` (coloured only on a terminal) or `json`; RUST_LOG sets the levels
+    /// (default "info,sqlx=warn,async_nats=warn").
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -407,24 +437,25 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        let err = Cli::try_parse_from(["aggregator", "--batch-timeout", "soon"]).unwrap_err();
+        let err = Cli::try_parse_args_from(["aggregator", "--batch-timeout", "soon"]).unwrap_err();
         assert!(err.to_string().contains("BATCH_TIMEOUT"), "{err}");
-        let err = Cli::try_parse_from(["aggregator", "--database-url", "mysql://x"]).unwrap_err();
+        let err =
+            Cli::try_parse_args_from(["aggregator", "--database-url", "mysql://x"]).unwrap_err();
         assert!(err.to_string().contains("DATABASE_URL"), "{err}");
-        let err = Cli::try_parse_from(["aggregator", "--workers", "0"]).unwrap_err();
+        let err = Cli::try_parse_args_from(["aggregator", "--workers", "0"]).unwrap_err();
         assert!(err.to_string().contains("WORKERS"), "{err}");
-        let err = Cli::try_parse_from(["aggregator", "--nats-url", "nats://:x"]).unwrap_err();
+        let err = Cli::try_parse_args_from(["aggregator", "--nats-url", "nats://:x"]).unwrap_err();
         assert!(err.to_string().contains("NATS_URL"), "{err}");
         let url = "postgres://u:s3cret@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem";
-        let err = Cli::try_parse_from(["aggregator", "--database-url", url]).unwrap_err();
+        let err = Cli::try_parse_args_from(["aggregator", "--database-url", url]).unwrap_err();
         let err = err.to_string();
         assert!(
             err.contains("DATABASE_URL") && err.contains("sslrootcert"),
             "{err}"
         );
         assert!(!err.contains("s3cret"), "{err}");
-        let err =
-            Cli::try_parse_from(["aggregator", "--nats-url", "nats://u:s3cret@:x"]).unwrap_err();
+        let err = Cli::try_parse_args_from(["aggregator", "--nats-url", "nats://u:s3cret@:x"])
+            .unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
         for var in [
             "write-timeout",
@@ -432,22 +463,23 @@ mod tests {
             "health-check-interval",
             "ack-wait",
         ] {
-            let err = Cli::try_parse_from(["aggregator", &format!("--{var}"), "0ms"]).unwrap_err();
+            let err =
+                Cli::try_parse_args_from(["aggregator", &format!("--{var}"), "0ms"]).unwrap_err();
             assert!(err.to_string().contains("more than zero"), "{err}");
         }
-        let err = Cli::try_parse_from(["aggregator", "--retention", "40000d"]).unwrap_err();
+        let err = Cli::try_parse_args_from(["aggregator", "--retention", "40000d"]).unwrap_err();
         assert!(err.to_string().contains("RETENTION"), "{err}");
-        let err = Cli::try_parse_from(["aggregator", "--api-token", ""]).unwrap_err();
+        let err = Cli::try_parse_args_from(["aggregator", "--api-token", ""]).unwrap_err();
         assert!(err.to_string().contains("API_TOKEN"), "{err}");
-        let err = Cli::try_parse_from(["aggregator", "--api-read-token", " "]).unwrap_err();
+        let err = Cli::try_parse_args_from(["aggregator", "--api-read-token", " "]).unwrap_err();
         assert!(err.to_string().contains("API_READ_TOKEN"), "{err}");
-        let err = Cli::try_parse_from(["aggregator", "--max-retries", "0"]).unwrap_err();
+        let err = Cli::try_parse_args_from(["aggregator", "--max-retries", "0"]).unwrap_err();
         assert!(err.to_string().contains("MAX_RETRIES"), "{err}");
     }
 
     #[test]
     fn a_wal_too_small_for_one_batch_is_refused() {
-        let cli = Cli::try_parse_from(["aggregator", "--wal-max-size", "1000"]).unwrap();
+        let cli = Cli::try_parse_args_from(["aggregator", "--wal-max-size", "1000"]).unwrap();
         let err = cli.config.validate().unwrap_err();
         assert!(err.starts_with("WAL_MAX_SIZE"), "{err}");
         let fits = [
@@ -459,12 +491,12 @@ mod tests {
             "--max-payload-bytes",
             "2048",
         ];
-        Cli::try_parse_from(fits)
+        Cli::try_parse_args_from(fits)
             .unwrap()
             .config
             .validate()
             .unwrap();
-        Cli::try_parse_from(["aggregator"])
+        Cli::try_parse_args_from(["aggregator"])
             .unwrap()
             .config
             .validate()
@@ -472,8 +504,41 @@ mod tests {
     }
 
     #[test]
+    fn settings_are_accepted_after_a_subcommand() {
+        let cli = Cli::try_parse_args_from([
+            "aggregator",
+            "redrive",
+            "--database-url",
+            "postgres://u@db:5432/x",
+            "--dry-run",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.database_url, "postgres://u@db:5432/x");
+        assert_eq!(cli.config.log_format, LogFormat::Json);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Redrive { dry_run: true, .. })
+        ));
+        let cli = Cli::try_parse_args_from(["aggregator", "migrate", "--workers", "7"]).unwrap();
+        assert_eq!(cli.config.workers, 7);
+        // Still checked there: a bad value names its variable.
+        let err =
+            Cli::try_parse_args_from(["aggregator", "migrate", "--workers", "0"]).unwrap_err();
+        assert!(err.to_string().contains("WORKERS"), "{err}");
+    }
+
+    #[test]
+    fn a_log_format_typo_is_an_error() {
+        let err = Cli::try_parse_args_from(["aggregator", "--log-format", "jsn"]).unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("LOG_FORMAT") && err.contains("json"), "{err}");
+    }
+
+    #[test]
     fn defaults_match_design() {
-        let cli = Cli::try_parse_from(["aggregator"]).unwrap();
+        let cli = Cli::try_parse_args_from(["aggregator"]).unwrap();
         let c = cli.config;
         assert_eq!(c.workers, 4);
         assert_eq!(c.batch_size, 500);

@@ -4,7 +4,6 @@ use aggregator::config::SECRETS_FROM_FILES;
 use aggregator::config::{Cli, Command};
 use aggregator::settings::Settings;
 use aggregator::{shutdown, startup, store::Store, telemetry};
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -14,12 +13,12 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // Invalid configuration exits here with a one-line error naming the variable.
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     if let Err(e) = cli.config.validate() {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    telemetry::init_logging(&cli.config.log_format);
+    telemetry::init_logging(cli.config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,24 +1,17 @@
 //! Logging and metrics set-up.
 //!
-//! Logs go to stderr, JSON with `LOG_FORMAT=json`, human-readable otherwise; `RUST_LOG`
-//! selects levels (default `info`). Metrics are recorded through the `metrics` facade into a
+//! Logs go to stderr, JSON with `LOG_FORMAT=json`, human-readable otherwise (coloured only on
+//! a terminal); `RUST_LOG` selects levels (default [`DEFAULT_LOG_FILTER`]). Metrics are recorded through the `metrics` facade into a
 //! Prometheus recorder whose handle renders `GET /metrics`.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use shared::logging::LogFormat;
 
-pub fn init_logging(format: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests) is harmless, so its error is ignored.
-    if format.eq_ignore_ascii_case("json") {
-        let _ = builder.json().flatten_event(true).try_init();
-    } else {
-        let _ = builder.try_init();
-    }
+/// Levels when `RUST_LOG` is unset: the libraries' chatter kept to warnings.
+pub const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn,async_nats=warn";
+
+pub fn init_logging(format: LogFormat) {
+    shared::logging::init(format, DEFAULT_LOG_FILTER, std::io::stderr);
 }
 
 /// Installs the global Prometheus recorder and returns the handle that renders it.

@@ -2,6 +2,7 @@
 //! defaults and the checks that refuse an inconsistent run before anything is sent.
 
 use crate::simulator;
+use shared::logging::LogFormat;
 
 pub const DEFAULT_COUNT: u64 = 20_000;
 pub const DEFAULT_DUPLICATE_RATE: f64 = 0.3;
@@ -116,6 +117,11 @@ pub struct Config {
     /// plain line about once a second).
     #[arg(long = "no-progress", action = clap::ArgAction::SetFalse)]
     pub progress: bool,
+
+    /// Log lines on stderr as `text` (coloured only on a terminal) or `json`; RUST_LOG sets
+    /// the levels (default "warn").
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl Default for Config {
@@ -138,6 +144,7 @@ impl Default for Config {
             sources: DEFAULT_SOURCES,
             summary: SummaryFormat::Text,
             progress: true,
+            log_format: LogFormat::Text,
         }
     }
 }

@@ -1,15 +1,14 @@
 //! `publisher`: the command-line front of the [`publisher`] library.
 //!
-//! Parses the flags, sets up logging on stderr (`RUST_LOG`, default `warn`; JSON lines when
-//! `LOG_FORMAT=json`), runs one publishing session and prints its summary on stdout. Exits
+//! Parses the flags, sets up logging on stderr (`RUST_LOG`, default `warn`; JSON lines with
+//! `--log-format json` or `LOG_FORMAT=json`), runs one publishing session and prints its summary on stdout. Exits
 //! non-zero, with one `error: ...` line on stderr, when any send failed or the target could
 //! not be reached.
 
 use clap::Parser;
 use publisher::{Config, SummaryFormat};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
-use tracing_subscriber::EnvFilter;
 
 /// Secrets that may also be given as `<NAME>_FILE` (a mounted secret).
 const SECRETS_FROM_FILES: &[&str] = &["NATS_PASSWORD", "NATS_TOKEN"];
@@ -21,7 +20,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let config = Config::parse();
-    init_tracing();
+    init_tracing(config.log_format);
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(publish(config)),
         Err(e) => {
@@ -68,16 +67,10 @@ async fn publish(config: Config) -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        // Like std::io::stderr, but steps around the progress bar when one is on screen.
-        .with_writer(publisher::progress::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+/// Levels when `RUST_LOG` is unset: the publisher's summary is its output, so only problems.
+const DEFAULT_LOG_FILTER: &str = "warn";
+
+fn init_tracing(format: shared::logging::LogFormat) {
+    // Like std::io::stderr, but steps around the progress bar when one is on screen.
+    shared::logging::init(format, DEFAULT_LOG_FILTER, publisher::progress::stderr);
 }

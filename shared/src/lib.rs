@@ -8,10 +8,12 @@
 //! * [`trace`]: the W3C `traceparent` carried from publisher to stored event.
 //! * [`backoff`]: the retry schedule every retry loop of both programs uses.
 //! * [`nats`]: NATS authentication and TLS settings, the connection options built from them.
+//! * [`logging`]: `LOG_FORMAT` and the log set-up both programs use.
 
 pub mod backoff;
 pub mod event;
 pub mod id;
+pub mod logging;
 pub mod nats;
 pub mod secrets;
 pub mod subject;

@@ -81,11 +81,12 @@ pub fn router(state: SharedState) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
-                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), status = tracing::field::Empty)
+                    tracing::info_span!(target: "aggregator::http", "http", method = %req.method(), path = %req.uri().path(), status = tracing::field::Empty)
                 })
                 .on_response(|resp: &Response, latency: Duration, span: &tracing::Span| {
                     span.record("status", resp.status().as_u16());
-                    tracing::debug!(status = resp.status().as_u16(), latency_ms = latency.as_secs_f64() * 1e3, "request");
+                    // A target of its own: `RUST_LOG=info,aggregator::http=debug` shows one line per request.
+                    tracing::debug!(target: "aggregator::http", status = resp.status().as_u16(), latency_ms = latency.as_secs_f64() * 1e3, "request");
                 }),
         )
         .with_state(state)

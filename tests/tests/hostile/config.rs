@@ -1,7 +1,7 @@
 //! Bad configuration stops start-up with one line naming the variable.
 
 use super::common::*;
-use integration_tests::{free_port, TempDir, TestEnv};
+use integration_tests::{free_port, Aggregator, TempDir, TestEnv};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,6 +64,8 @@ async fn bad_configuration_exits_with_one_line_naming_the_variable() {
         ("API_READ_TOKEN", ""),
         ("API_READ_TOKEN", "  "),
         ("MAX_EVENTS_PER_REQUEST", "0"),
+        // A typo is an error, not a silent fall back to text logs.
+        ("LOG_FORMAT", "jsn"),
     ];
     let nats = env.nats_url();
     let db = env.database_url();
@@ -147,4 +149,56 @@ async fn neither_help_nor_a_configuration_error_prints_a_password() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_are_accepted_after_a_subcommand() {
+    let env = TestEnv::start().await;
+    let db = env.database_url();
+    // The database URL only after the subcommand: the default one (port 5432) is not the
+    // test's, so success proves the flag was taken.
+    let (status, _stdout, stderr) = run_aggregator_cmd(
+        &[
+            "migrate",
+            "--database-url",
+            db.as_str(),
+            "--log-format",
+            "json",
+        ],
+        &[],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        status.success(),
+        "migrate --database-url -> {status}\n{stderr}"
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("migrations applied"))
+        .unwrap_or_else(|| panic!("no 'migrations applied' line\n{stderr}"));
+    let json: serde_json::Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("--log-format json after the subcommand: {e}: {line}"));
+    assert_eq!(json["message"], "migrations applied", "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_to_a_file_carry_no_colour_codes_and_rust_log_selects_request_lines() {
+    let env = TestEnv::start().await;
+    let agg = Aggregator::spawn(&env, &[("RUST_LOG", "info,aggregator::http=debug")]).await;
+    let (status, _) = agg.get("/stats").await;
+    assert_eq!(status, 200);
+    let log = std::fs::read_to_string(agg.log_path()).unwrap();
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a log that is not a terminal:\n{}",
+        agg.log_tail()
+    );
+    let request_lines = log
+        .lines()
+        .filter(|l| {
+            l.contains("aggregator::http") && l.contains("path=/stats") && l.contains("status=200")
+        })
+        .count();
+    assert_eq!(request_lines, 1, "one request line for GET /stats:\n{log}");
 }
