@@ -526,8 +526,15 @@ async fn a_failed_batch_gets_every_attempt_of_the_schedule_even_after_the_breake
     let series = breaker_series(&agg).await;
     let states: Vec<&str> = series.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(states, ["closed", "half_open", "open"], "{series:?}");
-    assert_eq!(series.iter().map(|(_, v)| v).sum::<f64>(), 1.0, "{series:?}");
-    assert_eq!(series[0].1, 0.0, "closed while Postgres is down: {series:?}");
+    assert_eq!(
+        series.iter().map(|(_, v)| v).sum::<f64>(),
+        1.0,
+        "{series:?}"
+    );
+    assert_eq!(
+        series[0].1, 0.0,
+        "closed while Postgres is down: {series:?}"
+    );
     env.pg.start().await;
     assert_settled(&env, &mut agg, 1, 1).await;
 }

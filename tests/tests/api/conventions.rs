@@ -122,7 +122,10 @@ async fn every_family_has_help_and_build_process_and_breaker_series_are_there() 
         .count() as f64;
     let open_fds = sample(&text, "process_open_fds").expect("process_open_fds");
     // Connections come and go between the two readings; a handful is the slack.
-    assert!((open_fds - fds).abs() <= 8.0, "open fds {open_fds}, /proc has {fds}");
+    assert!(
+        (open_fds - fds).abs() <= 8.0,
+        "open fds {open_fds}, /proc has {fds}"
+    );
     let rss_kb: f64 = std::fs::read_to_string(format!("/proc/{}/status", agg.pid()))
         .unwrap()
         .lines()
@@ -168,13 +171,17 @@ async fn http_requests_are_counted_by_route_template_and_status() {
     assert_eq!(status, 400);
 
     let a = &agg;
-    eventually("the requests counted", Duration::from_secs(30), || async move {
-        let text = a.metrics_text().await;
-        sample(
-            &text,
-            "aggregator_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"}",
-        ) == Some(3.0)
-    })
+    eventually(
+        "the requests counted",
+        Duration::from_secs(30),
+        || async move {
+            let text = a.metrics_text().await;
+            sample(
+                &text,
+                "aggregator_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"}",
+            ) == Some(3.0)
+        },
+    )
     .await;
     let text = agg.metrics_text().await;
     for (series, want) in [
