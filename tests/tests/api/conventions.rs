@@ -49,14 +49,21 @@ fn proc_stat(pid: u32) -> (f64, f64) {
     (boot + field(22) / ticks, (field(14) + field(15)) / ticks)
 }
 
-fn git_sha() -> String {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+/// Whether `sha` names a commit of this repository. (Not necessarily HEAD: a commit that
+/// changed no source, README say, does not rebuild the binary.)
+fn is_commit(sha: &str) -> bool {
+    std::process::Command::new("git")
+        .args([
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{sha}^{{commit}}"),
+        ])
         .current_dir(workspace_root())
-        .output()
-        .expect("git");
-    assert!(out.status.success(), "git rev-parse failed");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("git")
+        .success()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,14 +88,25 @@ async fn every_family_has_help_and_build_process_and_breaker_series_are_there() 
         "an empty # HELP: {help:#?}"
     );
 
-    // Build info: the crate version and the commit this binary was built from (a stale
-    // binary from an older commit fails here, which is the point of the label).
-    let build = format!(
-        "aggregator_build_info{{version=\"{}\",git_sha=\"{}\"}}",
-        env!("CARGO_PKG_VERSION"),
-        git_sha()
+    // Build info: the crate version and the commit this binary was built from.
+    let build: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("aggregator_build_info"))
+        .collect();
+    assert_eq!(build.len(), 1, "{text}");
+    let prefix = format!(
+        "aggregator_build_info{{version=\"{}\",git_sha=\"",
+        env!("CARGO_PKG_VERSION")
     );
-    assert_eq!(sample(&text, &build), Some(1.0), "{build}\n{text}");
+    let (sha, value) = build[0]
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.split_once("\"} "))
+        .unwrap_or_else(|| panic!("{}", build[0]));
+    assert_eq!(value, "1", "{}", build[0]);
+    assert!(
+        is_commit(sha),
+        "git_sha {sha:?} is no commit of this repository"
+    );
 
     // One series per breaker state, lowercase; the breaker is closed.
     for (state, value) in [("closed", 1.0), ("open", 0.0), ("half_open", 0.0)] {
