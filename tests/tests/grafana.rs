@@ -94,10 +94,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         "group_left",
         "group_right",
     ] {
-        loop {
-            let Some(at) = find_word(&text, clause) else {
-                break;
-            };
+        while let Some(at) = find_word(&text, clause) {
             let after = &text[at + clause.len()..];
             // The clause and its `(label, ...)` list; a bare word (no list) goes alone.
             let has_list = after
@@ -150,12 +147,7 @@ fn find_word(text: &str, word: &str) -> Option<usize> {
 fn exposed(text: &str) -> BTreeSet<String> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            l.split(|c: char| c == '{' || c == ' ')
-                .next()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
         .collect()
 }
 
