@@ -249,7 +249,9 @@ impl WriteGuard {
     /// a batch whose attempts all failed is one failure (`aggregator_batch_failures_total`),
     /// whatever ended them: the schedule ran out, the half-open probe failed, the database
     /// refused the batch's streams, or shutdown. A batch the open breaker sends straight to
-    /// the WAL made no attempt and is neither. So failed attempts = retries + failures.
+    /// the WAL made no attempt and is neither. So failed attempts = retries + failures. A
+    /// batch the WAL cannot take (full) comes through here again and counts again. WAL
+    /// replay writes through [`WriteGuard::write`] and is not counted here.
     async fn attempt<'a>(
         &self,
         shard: i16,
