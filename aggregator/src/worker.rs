@@ -102,6 +102,10 @@ impl Worker {
                 doomed,
                 "message redelivered more than MAX_DELIVER times; settling it alone"
             );
+            // Its own counter: a crash loop is not the database rejecting data
+            // (`aggregator_poison_messages_total`).
+            let verdict = if doomed { "dead_letter" } else { "solo" };
+            metrics::counter!(names::MAX_DELIVER_EXCEEDED, "verdict" => verdict).increment(1);
             self.settle(vec![suspect], reason).await;
         }
     }

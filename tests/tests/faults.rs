@@ -510,13 +510,48 @@ async fn a_failed_batch_gets_every_attempt_of_the_schedule_even_after_the_breake
     )
     .await;
     outage_into_wal(&mut env, &agg, 1, "0", 47).await;
+    // One batch, five failed attempts before the WAL: the first and four retries, and one
+    // failure (the batch that went to the WAL).
     assert_eq!(
-        agg.metric("aggregator_batch_retries_total").await,
-        5.0,
-        "one batch, five failed attempts before the WAL"
+        (
+            agg.metric("aggregator_batch_retries_total").await,
+            agg.metric("aggregator_batch_failures_total").await,
+        ),
+        (4.0, 1.0),
+        "(retries, failures)"
+    );
+    // The breaker opened at the third failure and cannot close while Postgres is down (the
+    // replayer's probe may be making it half-open right now): one series per state, exactly
+    // one of them 1, and not `closed`.
+    let series = breaker_series(&agg).await;
+    let states: Vec<&str> = series.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(states, ["closed", "half_open", "open"], "{series:?}");
+    assert_eq!(
+        series.iter().map(|(_, v)| v).sum::<f64>(),
+        1.0,
+        "{series:?}"
+    );
+    assert_eq!(
+        series[0].1, 0.0,
+        "closed while Postgres is down: {series:?}"
     );
     env.pg.start().await;
     assert_settled(&env, &mut agg, 1, 1).await;
+}
+
+/// `aggregator_circuit_breaker_state{state}` as `(state, value)`, sorted by state.
+async fn breaker_series(agg: &Aggregator) -> Vec<(String, f64)> {
+    let text = agg.metrics_text().await;
+    let mut series: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("aggregator_circuit_breaker_state{state=\"")?;
+            let (state, value) = rest.split_once("\"} ")?;
+            Some((state.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect();
+    series.sort_by(|a, b| a.0.cmp(&b.0));
+    series
 }
 
 /// `(from, to, when)` of every breaker transition in a JSON log.

@@ -1,5 +1,6 @@
 //! A real Prometheus scrapes the aggregator's /metrics; its query API must report the dedup
-//! and WAL series with the values /stats reports.
+//! and WAL series with the values /stats reports, the breaker as one series per state, the
+//! build info and the requests by route.
 
 use integration_tests::{eventually, free_port, run_publisher, Aggregator, TempDir, TestEnv};
 use serde_json::Value;
@@ -79,6 +80,25 @@ async fn query(http: &reqwest::Client, prom: &str, q: &str) -> Option<f64> {
     resp["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
+/// The label sets (`__name__` included) of an instant query's series.
+async fn series(http: &reqwest::Client, prom: &str, q: &str) -> Vec<Value> {
+    let resp: Value = http
+        .get(format!("{prom}/api/v1/query"))
+        .query(&[("query", q)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    resp["data"]["result"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{q}: {resp}"))
+        .iter()
+        .map(|r| r["metric"].clone())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_dedup_and_wal_series_that_stats_reports() {
     let env = TestEnv::start().await;
@@ -119,7 +139,17 @@ async fn prometheus_scrapes_the_dedup_and_wal_series_that_stats_reports() {
             "aggregator_wal_records",
             stats["wal_record_count"].as_f64().unwrap(),
         ),
-        ("aggregator_circuit_breaker_state", 0.0),
+        // One series per breaker state, lowercase, exactly one of them 1.
+        ("aggregator_circuit_breaker_state{state=\"closed\"}", 1.0),
+        ("aggregator_circuit_breaker_state{state=\"open\"}", 0.0),
+        ("aggregator_circuit_breaker_state{state=\"half_open\"}", 0.0),
+        ("count(aggregator_circuit_breaker_state)", 3.0),
+        ("aggregator_build_info", 1.0),
+        // Requests by route template: Prometheus's own scrapes of /metrics are among them.
+        (
+            "count(aggregator_http_requests_total{route=\"/metrics\",method=\"GET\",status=\"200\"})",
+            1.0,
+        ),
     ];
     assert_eq!(expect[0].1, 2000.0);
     assert_eq!(expect[2].1, 600.0);
@@ -135,6 +165,28 @@ async fn prometheus_scrapes_the_dedup_and_wal_series_that_stats_reports() {
         },
     )
     .await;
+    // Build info: its labels are the version and the commit of the build.
+    let build = series(&http, &prom.url, "aggregator_build_info").await;
+    assert_eq!(build.len(), 1, "{build:?}");
+    assert_eq!(build[0]["version"], env!("CARGO_PKG_VERSION"), "{build:?}");
+    // A commit of this repository (not necessarily HEAD: a commit that changed no source
+    // does not rebuild the binary).
+    let sha = build[0]["git_sha"].as_str().unwrap();
+    assert!(
+        Command::new("git")
+            .args([
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{sha}^{{commit}}")
+            ])
+            .current_dir(integration_tests::workspace_root())
+            .stdout(Stdio::null())
+            .status()
+            .expect("git")
+            .success(),
+        "git_sha {sha:?} is no commit of this repository"
+    );
     // Per topic too.
     for t in stats["topics"].as_array().unwrap() {
         let q = format!(

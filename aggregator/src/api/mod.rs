@@ -11,7 +11,8 @@
 //! | `GET /` (live dashboard page, no token) | [`dashboard`] |
 //!
 //! The API never writes SQL itself: it calls the `store` module. Every request gets a tracing
-//! span with method, path, status and latency.
+//! span with method, path, status and latency, and is counted and timed by route template
+//! ([`http_metrics`]).
 
 pub mod auth;
 pub mod body;
@@ -19,6 +20,7 @@ pub mod dashboard;
 pub mod dead_letters;
 pub mod events;
 pub mod health;
+pub mod http_metrics;
 pub mod idempotency;
 pub mod metrics;
 pub mod publish;
@@ -78,6 +80,9 @@ pub fn router(state: SharedState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             state.settings.request_timeout,
         ))
+        // Outside the timeout, so a 408 is counted too. `Router::layer` wraps each route
+        // after routing, so the matched route template is known here.
+        .layer(middleware::from_fn(http_metrics::record))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {

@@ -31,13 +31,25 @@ impl State {
         }
     }
 
-    /// Gauge value: 0 closed, 1 half-open, 2 open.
-    pub fn gauge(self) -> f64 {
+    pub const ALL: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
+
+    /// The metric label value (Prometheus convention: lowercase).
+    pub fn label(self) -> &'static str {
         match self {
-            State::Closed => 0.0,
-            State::HalfOpen => 1.0,
-            State::Open => 2.0,
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
         }
+    }
+}
+
+/// Sets `aggregator_circuit_breaker_state{state}`: one series per state, 1 for `current`,
+/// 0 for the others, so `aggregator_circuit_breaker_state{state="open"} == 1` is an alert and
+/// no one has to remember what a number meant.
+pub fn record_state(current: State) {
+    for s in State::ALL {
+        metrics::gauge!(crate::telemetry::names::BREAKER_STATE, "state" => s.label())
+            .set(if s == current { 1.0 } else { 0.0 });
     }
 }
 
@@ -69,6 +81,7 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub fn new(threshold: u32, timeout: Duration) -> Self {
+        record_state(State::Closed);
         Self {
             threshold: threshold.max(1),
             timeout,
@@ -170,10 +183,10 @@ impl CircuitBreaker {
 
 fn transition(s: &mut Inner, to: State) {
     tracing::warn!(from = s.state.as_str(), to = to.as_str(), "circuit breaker");
-    metrics::counter!(crate::telemetry::names::BREAKER_TRANSITIONS, "to" => to.as_str())
+    metrics::counter!(crate::telemetry::names::BREAKER_TRANSITIONS, "to" => to.label())
         .increment(1);
-    metrics::gauge!(crate::telemetry::names::BREAKER_STATE).set(to.gauge());
     s.state = to;
+    record_state(to);
 }
 
 #[cfg(test)]

@@ -244,6 +244,14 @@ impl WriteGuard {
 
     /// Up to `attempts` attempts at the database, on the retry schedule, each result reported
     /// to the breaker. `None` when none committed (the batch goes to the WAL).
+    ///
+    /// Metrics: every attempt after the first is a retry (`aggregator_batch_retries_total`);
+    /// a batch whose attempts all failed is one failure (`aggregator_batch_failures_total`),
+    /// whatever ended them: the schedule ran out, the half-open probe failed, the database
+    /// refused the batch's streams, or shutdown. A batch the open breaker sends straight to
+    /// the WAL made no attempt and is neither. So failed attempts = retries + failures. A
+    /// batch the WAL cannot take (full) comes through here again and counts again. WAL
+    /// replay writes through [`WriteGuard::write`] and is not counted here.
     async fn attempt<'a>(
         &self,
         shard: i16,
@@ -253,7 +261,11 @@ impl WriteGuard {
         keepalive: &(dyn Fn() -> futures::future::BoxFuture<'a, ()> + Sync),
         shutdown: &CancellationToken,
     ) -> Option<Commit> {
+        let failed = || metrics::counter!(names::BATCH_FAILURES).increment(1);
         for attempt in 1..=attempts {
+            if attempt > 1 {
+                metrics::counter!(names::BATCH_RETRIES).increment(1);
+            }
             match self.write(shard, records, dead).await {
                 Ok(commit) => {
                     self.breaker.on_success();
@@ -261,7 +273,6 @@ impl WriteGuard {
                 }
                 Err(WriteFailure::Unavailable(err)) => {
                     self.breaker.on_failure();
-                    metrics::counter!(names::BATCH_RETRIES).increment(1);
                     let next = self
                         .retry
                         .delay(attempt)
@@ -269,13 +280,17 @@ impl WriteGuard {
                     let Some(delay) = next else {
                         tracing::warn!(batch_len = records.len(), attempt, error = %err,
                             breaker = self.breaker.state().as_str(), "batch write failed; writing to the WAL");
+                        failed();
                         return None;
                     };
                     tracing::warn!(batch_len = records.len(), attempt, error = %err,
                         delay_ms = delay.as_millis() as u64, "batch write failed; retrying");
                     keepalive().await;
                     tokio::select! {
-                        _ = shutdown.cancelled() => return None,
+                        _ = shutdown.cancelled() => {
+                            failed();
+                            return None;
+                        }
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -284,6 +299,7 @@ impl WriteGuard {
                     self.breaker.release_probe();
                     tracing::error!(batch_len = records.len(), error = %failure,
                         "batch refused by the database; writing to the WAL");
+                    failed();
                     return None;
                 }
             }

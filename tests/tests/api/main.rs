@@ -8,6 +8,7 @@
 mod auth;
 mod bounded;
 mod common;
+mod conventions;
 mod cursor;
 mod duplicates;
 mod events;

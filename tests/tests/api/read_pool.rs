@@ -83,6 +83,7 @@ async fn stuck_reads_do_not_starve_the_batch_writers() {
 
     // No batch write failed for want of a connection: no retry, breaker closed, WAL empty.
     assert_eq!(agg.metric("aggregator_batch_retries_total").await, 0.0);
+    assert_eq!(agg.metric("aggregator_batch_failures_total").await, 0.0);
     let (status, health) = agg.health().await;
     assert_eq!(status, 200, "{health}");
     assert_eq!(health["circuit_breaker"], "CLOSED", "{health}");

@@ -98,6 +98,21 @@ async fn a_message_that_crashes_the_aggregator_is_dead_lettered_not_looped() {
     assert_eq!(int(&stats, "unique_processed"), 20, "{stats}");
     assert_eq!(int(&stats, "duplicate_dropped"), 0, "{stats}");
     assert_eq!(int(&stats, "dead_lettered"), 1, "{stats}");
+    // The process that settled it counted it under the MAX_DELIVER mechanism's own counter,
+    // not as a message the database rejected. (Its batch-mates, redelivered by the crashes,
+    // may have been tried alone too: `verdict="solo"` depends on the crash timing.)
+    let metrics = agg.metrics_text().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "aggregator_max_deliver_exceeded_total{verdict=\"dead_letter\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        agg.metric("aggregator_poison_messages_total").await,
+        0.0,
+        "no event was rejected by the database"
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM events").await, 20);
     assert_eq!(
         count(&db, "SELECT count(*) FROM events WHERE event_id = 'poison'").await,

@@ -3,6 +3,13 @@
 //! Logs go to stderr, JSON with `LOG_FORMAT=json`, human-readable otherwise (coloured only on
 //! a terminal); `RUST_LOG` selects levels (default [`DEFAULT_LOG_FILTER`]). Metrics are recorded through the `metrics` facade into a
 //! Prometheus recorder whose handle renders `GET /metrics`.
+//!
+//! * [`names`]: every metric name (Prometheus conventions: `_total` counters, base units).
+//! * [`describe`]: the `# HELP` text and unit of each, and the series registered at start-up.
+//! * [`process`]: the standard `process_*` metrics, read from `/proc/self` at scrape time.
+
+pub mod describe;
+pub mod process;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use shared::logging::LogFormat;
@@ -29,6 +36,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
             &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0],
         )?
         .install_recorder()?;
+    describe::describe_all();
     Ok(handle)
 }
 
@@ -76,6 +84,7 @@ pub mod names {
     pub const BATCH_SIZE: &str = "aggregator_batch_size";
     pub const BATCH_WRITE_SECONDS: &str = "aggregator_batch_write_seconds";
     pub const BATCH_RETRIES: &str = "aggregator_batch_retries_total";
+    pub const BATCH_FAILURES: &str = "aggregator_batch_failures_total";
     pub const LAG_SECONDS: &str = "aggregator_end_to_end_lag_seconds";
     pub const BUFFER_SIZE: &str = "aggregator_buffer_size";
     pub const CONSUMER_PENDING: &str = "aggregator_consumer_pending";
@@ -93,7 +102,11 @@ pub mod names {
     pub const WAL_FULL: &str = "aggregator_wal_full_total";
     pub const WAL_REPLAY_REFUSED: &str = "aggregator_wal_replay_refused_total";
     pub const POISON_ISOLATED: &str = "aggregator_poison_messages_total";
+    pub const MAX_DELIVER_EXCEEDED: &str = "aggregator_max_deliver_exceeded_total";
     pub const PUBLISHED: &str = "aggregator_http_published_events_total";
+    pub const HTTP_REQUESTS: &str = "aggregator_http_requests_total";
+    pub const HTTP_DURATION: &str = "aggregator_http_request_duration_seconds";
+    pub const BUILD_INFO: &str = "aggregator_build_info";
 }
 
 #[cfg(test)]
