@@ -236,7 +236,10 @@ pub async fn reconcile(js: &jetstream::Context, config: &BrokerSettings) -> anyh
         .get_stream(name)
         .await
         .with_context(|| format!("reading stream {name}"))?;
-    let mut current = stream.info().await?.config.clone();
+    let info = stream.info().await?;
+    // Only a clustered server names its cluster; a single one holds one replica.
+    let clustered = info.cluster.as_ref().is_some_and(|c| c.name.is_some());
+    let mut current = info.config.clone();
     let wanted = stream_config(config);
     let plan = plan_stream(&current, &wanted);
     for line in &plan.fixed {
@@ -262,13 +265,27 @@ pub async fn reconcile(js: &jetstream::Context, config: &BrokerSettings) -> anyh
     if let Some(c) = replicas_change(&current, &wanted) {
         let mut update = current.clone();
         update.num_replicas = wanted.num_replicas;
-        match js.update_stream(&update).await {
-            Ok(_) => {
+        // A single nats-server 2.9 accepts the update, reports the new count and keeps one
+        // replica: it is not asked.
+        let refusal = if !clustered && wanted.num_replicas > 1 {
+            Some("the server is not part of a cluster".to_owned())
+        } else {
+            match js.update_stream(&update).await {
+                Ok(info) if info.config.num_replicas.max(1) == wanted.num_replicas.max(1) => None,
+                Ok(info) => Some(format!(
+                    "the server answered with {} replica(s)",
+                    info.config.num_replicas.max(1)
+                )),
+                Err(e) => Some(e.to_string()),
+            }
+        };
+        match refusal {
+            None => {
                 tracing::info!(stream = %name, setting = c.setting, old = %c.old, new = %c.new, "stream setting updated")
             }
-            Err(e) => tracing::warn!(
+            Some(error) => tracing::warn!(
                 stream = %name,
-                error = %e,
+                error = %error,
                 "STREAM_REPLICAS={} could not be applied to stream {name}, which keeps {} \
                  replica(s): a single server holds one replica only (set STREAM_REPLICAS=1), \
                  and a cluster needs at least {} servers (nats-server 2.10 or later changes the \
