@@ -140,9 +140,14 @@ async fn changed_settings_reach_the_existing_stream_and_consumer_on_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zero_means_no_limit() {
+async fn zero_lifts_a_limit() {
     let env = TestEnv::start().await;
     let js = env.jetstream().await;
+    let mut limited = Aggregator::spawn(&env, &[]).await;
+    publish(&js, &["e1"]).await;
+    assert_counts(&limited.wait_until_received(1).await, 1, 1, 0);
+    stop(&mut limited).await;
+
     let unlimited = [
         ("STREAM_MAX_AGE", "0"),
         ("STREAM_MAX_BYTES", "0"),
@@ -153,15 +158,17 @@ async fn zero_means_no_limit() {
     assert_eq!(config.max_age, Duration::ZERO);
     assert_eq!(config.max_bytes, -1);
     assert_eq!(config.max_message_size, -1);
-    // The server's -1 is the same "no limit" as the settings' 0: nothing to update.
+    assert_eq!(log_lines(&agg, "setting updated").len(), 3);
+    // The server's -1 is the same "no limit" as the settings' 0: nothing to update again.
     agg.restart().await;
-    assert!(
-        log_lines(&agg, "setting updated").is_empty(),
+    assert_eq!(
+        log_lines(&agg, "setting updated").len(),
+        3,
         "{}",
         agg.log_tail()
     );
-    publish(&js, &["e1"]).await;
-    assert_counts(&agg.wait_until_received(1).await, 1, 1, 0);
+    publish(&js, &["e2", "e1"]).await;
+    assert_counts(&agg.wait_until_received(3).await, 3, 2, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,4 +347,33 @@ async fn stream_replicas_grow_from_one_to_three_on_a_cluster() {
     .await;
     publish(&js, &["e3", "e1"]).await;
     assert_counts(&second.wait_until_received(4).await, 4, 3, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_the_stream_dropped_before_they_were_counted_are_reported() {
+    let env = TestEnv::start().await;
+    let js = env.jetstream().await;
+    let settings = [("COMPACT_INTERVAL", "200ms")];
+    let mut agg = Aggregator::spawn(&env, &settings).await;
+    publish(&js, &["e1", "e2", "e3"]).await;
+    assert_counts(&agg.wait_until_received(3).await, 3, 3, 0);
+    stop(&mut agg).await;
+    // While the aggregator is down two events arrive and leave the stream again, as a
+    // STREAM_MAX_AGE or STREAM_MAX_BYTES reached during an outage would take them.
+    publish(&js, &["e4", "e5"]).await;
+    let mut stream = js.get_stream("EVENTS").await.expect("stream");
+    stream.purge().await.expect("purge");
+    publish(&js, &["e6"]).await;
+
+    agg.restart().await;
+    assert_counts(&agg.wait_until_received(4).await, 4, 4, 0);
+    let reported = || log_lines(&agg, "stream sequences 4..=5 left the stream");
+    eventually("the loss is reported", Duration::from_secs(30), || async {
+        !reported().is_empty()
+    })
+    .await;
+    let lines = reported();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains(" WARN "), "{}", lines[0]);
+    assert_eq!(stream.info().await.expect("info").state.first_sequence, 6);
 }
