@@ -64,6 +64,11 @@ async fn bad_configuration_exits_with_one_line_naming_the_variable() {
         ("API_READ_TOKEN", ""),
         ("API_READ_TOKEN", "  "),
         ("MAX_EVENTS_PER_REQUEST", "0"),
+        // Stream limits: shorter than the duplicate window, not a size, below one event.
+        ("STREAM_MAX_AGE", "90s"),
+        ("STREAM_MAX_BYTES", "lots"),
+        ("STREAM_MAX_MSG_SIZE", "64KiB"),
+        ("STREAM_MAX_MSG_SIZE", "3GiB"),
     ];
     let nats = env.nats_url();
     let db = env.database_url();
