@@ -345,6 +345,21 @@ async fn stream_replicas_grow_from_one_to_three_on_a_cluster() {
         },
     )
     .await;
+    // The consumer (created with the stream's replica count) follows it: its acks survive
+    // a node too.
+    eventually(
+        "the consumer on three nodes",
+        Duration::from_secs(60),
+        || async {
+            let Ok(s) = js.get_stream("EVENTS").await else {
+                return false;
+            };
+            s.consumer_info("aggregator")
+                .await
+                .is_ok_and(|i| i.cluster.is_some_and(|c| c.replicas.len() == 2))
+        },
+    )
+    .await;
     publish(&js, &["e3", "e1"]).await;
     assert_counts(&second.wait_until_received(4).await, 4, 3, 1);
 }

@@ -288,8 +288,7 @@ pub async fn reconcile(js: &jetstream::Context, config: &BrokerSettings) -> anyh
                 error = %error,
                 "STREAM_REPLICAS={} could not be applied to stream {name}, which keeps {} \
                  replica(s): a single server holds one replica only (set STREAM_REPLICAS=1), \
-                 and a cluster needs at least {} servers (nats-server 2.10 or later changes the \
-                 replicas of a clustered stream)",
+                 and a cluster needs at least {} servers with JetStream",
                 c.new,
                 c.old,
                 c.new
