@@ -2,7 +2,8 @@
 //!
 //! Creation is idempotent so that several replicas can start at once: each one gets the
 //! stream/consumer if it exists and creates it otherwise; losing a creation race is followed
-//! by another get.
+//! by another get. An existing stream and consumer are then brought to the settings by
+//! [`reconcile`].
 //!
 //! # Stream identity
 //!
