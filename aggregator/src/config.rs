@@ -124,6 +124,25 @@ pub struct Config {
     #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub stream_replicas: u8,
 
+    /// Oldest message the stream keeps (JetStream `max_age`, discard old): older ones are
+    /// dropped whether processed or not. `0` = no limit; otherwise at least 2m (the stream's
+    /// duplicate window). Applied to an existing stream at start-up.
+    #[arg(long, env = "STREAM_MAX_AGE", default_value = "7d", value_parser = parse_stream_max_age)]
+    pub stream_max_age: Duration,
+
+    /// Largest size of the stream (JetStream `max_bytes`, discard old): the oldest messages
+    /// are dropped to stay under it, whether processed or not. Bytes, or with KiB, MiB, GiB,
+    /// TiB; `0` = no limit. Applied to an existing stream at start-up.
+    #[arg(long, env = "STREAM_MAX_BYTES", default_value = "10GiB", value_parser = parse_bytes)]
+    pub stream_max_bytes: u64,
+
+    /// Largest message the stream accepts (JetStream `max_msg_size`, headers included); a
+    /// larger one is refused by the server. At least MAX_PAYLOAD_BYTES + 48 KiB (one valid
+    /// event); bytes, or with KiB, MiB; `0` = no limit. Applied to an existing stream at
+    /// start-up.
+    #[arg(long, env = "STREAM_MAX_MSG_SIZE", default_value = "256KiB", value_parser = parse_msg_size)]
+    pub stream_max_msg_size: u32,
+
     /// Concurrent batch writers.
     #[arg(long, env = "WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
@@ -278,9 +297,30 @@ impl Config {
                 self.wal_max_size, self.batch_size, self.max_payload_bytes, WAL_ENTRY_OVERHEAD
             ));
         }
+        let event_bytes = u64::from(self.max_payload_bytes) + WAL_ENTRY_OVERHEAD;
+        if self.stream_max_msg_size != 0 && u64::from(self.stream_max_msg_size) < event_bytes {
+            return Err(format!(
+                "STREAM_MAX_MSG_SIZE ({} bytes) is smaller than one valid event can be: \
+                 MAX_PAYLOAD_BYTES ({}) + {} bytes for the other fields = {event_bytes} bytes, \
+                 so the stream would refuse valid events; raise STREAM_MAX_MSG_SIZE or lower \
+                 MAX_PAYLOAD_BYTES",
+                self.stream_max_msg_size, self.max_payload_bytes, WAL_ENTRY_OVERHEAD
+            ));
+        }
+        if self.stream_max_bytes != 0 && self.stream_max_bytes < event_bytes {
+            return Err(format!(
+                "STREAM_MAX_BYTES ({} bytes) cannot hold one event of MAX_PAYLOAD_BYTES ({}) + \
+                 {} bytes; raise STREAM_MAX_BYTES (0 = no limit)",
+                self.stream_max_bytes, self.max_payload_bytes, WAL_ENTRY_OVERHEAD
+            ));
+        }
         Ok(())
     }
 }
+
+/// The stream's duplicate window (`broker::stream_config`): JetStream refuses a `max_age`
+/// shorter than it, and `Nats-Msg-Id` idempotency needs it whole.
+pub const STREAM_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// Room a WAL record takes besides its payload, at most: the other event fields (255
 /// characters each, escaped), or a dead letter's 8 KiB of raw bytes written as numbers plus
@@ -307,6 +347,54 @@ fn parse_retention(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// `STREAM_MAX_AGE`: `0` (no limit) or at least the duplicate window, which JetStream
+/// refuses to exceed `max_age`.
+fn parse_stream_max_age(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !d.is_zero() && d < STREAM_DUPLICATE_WINDOW {
+        return Err(format!(
+            "{s:?} is shorter than the stream's 2m duplicate window; use at least 2m, or 0 for \
+             no limit"
+        ));
+    }
+    Ok(d)
+}
+
+/// A size in bytes: a bare number, or with a binary unit (`KiB`, `MiB`, `GiB`, `TiB`; `K`, `M`,
+/// `G`, `T` mean the same).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (use e.g. 262144, 256KiB, 10GiB)"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => {
+            return Err(format!(
+                "{s:?} has unknown unit {other:?} (use KiB, MiB, GiB or TiB)"
+            ))
+        }
+    };
+    n.checked_mul(1 << shift)
+        .filter(|b| i64::try_from(*b).is_ok())
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// `STREAM_MAX_MSG_SIZE`: JetStream holds it in 32 bits.
+fn parse_msg_size(s: &str) -> Result<u32, String> {
+    let b = parse_bytes(s)?;
+    u32::try_from(b)
+        .ok()
+        .filter(|b| i32::try_from(*b).is_ok())
+        .ok_or_else(|| format!("{s:?} is larger than JetStream allows (2 GiB - 1)"))
 }
 
 /// A bearer token: an empty one would silently switch authentication off.
@@ -534,6 +622,101 @@ mod tests {
         let err = Cli::try_parse_args_from(["aggregator", "--log-format", "jsn"]).unwrap_err();
         let err = err.to_string();
         assert!(err.contains("LOG_FORMAT") && err.contains("json"), "{err}");
+    }
+
+    #[test]
+    fn stream_limits_parse_with_zero_for_no_limit() {
+        let c = Cli::try_parse_args_from(["aggregator"]).unwrap().config;
+        assert_eq!(c.stream_max_age, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.stream_max_bytes, 10 * 1024 * 1024 * 1024);
+        assert_eq!(c.stream_max_msg_size, 256 * 1024);
+        let c = Cli::try_parse_args_from([
+            "aggregator",
+            "--stream-max-age",
+            "0",
+            "--stream-max-bytes",
+            "0",
+            "--stream-max-msg-size",
+            "0",
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(c.stream_max_age, Duration::ZERO);
+        assert_eq!(c.stream_max_bytes, 0);
+        assert_eq!(c.stream_max_msg_size, 0);
+        c.validate().unwrap();
+        let c = Cli::try_parse_args_from([
+            "aggregator",
+            "--stream-max-age",
+            "2m",
+            "--stream-max-bytes",
+            "512MiB",
+            "--stream-max-msg-size",
+            "1048576",
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(c.stream_max_age, Duration::from_secs(120));
+        assert_eq!(c.stream_max_bytes, 512 * 1024 * 1024);
+        assert_eq!(c.stream_max_msg_size, 1_048_576);
+        assert_eq!(parse_bytes("3K"), Ok(3072));
+        assert_eq!(parse_bytes("1TiB"), Ok(1 << 40));
+    }
+
+    #[test]
+    fn bad_stream_limits_name_the_variable() {
+        for (flag, value, var) in [
+            ("--stream-max-age", "90s", "STREAM_MAX_AGE"),
+            ("--stream-max-age", "soon", "STREAM_MAX_AGE"),
+            ("--stream-max-bytes", "10GB", "STREAM_MAX_BYTES"),
+            ("--stream-max-bytes", "1.5GiB", "STREAM_MAX_BYTES"),
+            ("--stream-max-bytes", "99999999TiB", "STREAM_MAX_BYTES"),
+            ("--stream-max-msg-size", "2GiB", "STREAM_MAX_MSG_SIZE"),
+        ] {
+            let err = Cli::try_parse_args_from(["aggregator", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(var), "{flag} {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_stream_message_limit_below_one_event_is_refused() {
+        // The default payload limit (64 KiB) + 48 KiB for the other fields = 112 KiB.
+        let small = ["aggregator", "--stream-max-msg-size", "114687"];
+        let err = Cli::try_parse_args_from(small)
+            .unwrap()
+            .config
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.starts_with("STREAM_MAX_MSG_SIZE") && err.contains("MAX_PAYLOAD_BYTES (65536)"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+        let fits = ["aggregator", "--stream-max-msg-size", "114688"];
+        Cli::try_parse_args_from(fits)
+            .unwrap()
+            .config
+            .validate()
+            .unwrap();
+        let bigger_payload = [
+            "aggregator",
+            "--max-payload-bytes",
+            "262144",
+            "--batch-size",
+            "100",
+        ];
+        let err = Cli::try_parse_args_from(bigger_payload)
+            .unwrap()
+            .config
+            .validate()
+            .unwrap_err();
+        assert!(err.starts_with("STREAM_MAX_MSG_SIZE"), "{err}");
+        let err = Cli::try_parse_args_from(["aggregator", "--stream-max-bytes", "1KiB"])
+            .unwrap()
+            .config
+            .validate()
+            .unwrap_err();
+        assert!(err.starts_with("STREAM_MAX_BYTES"), "{err}");
     }
 
     #[test]

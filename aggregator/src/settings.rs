@@ -44,6 +44,11 @@ pub struct BrokerSettings {
     pub subject_prefix: String,
     pub consumer_name: String,
     pub stream_replicas: u8,
+    /// The stream's limits as JetStream takes them: `max_age` 0, `max_bytes` and
+    /// `max_msg_size` -1 mean no limit.
+    pub stream_max_age: Duration,
+    pub stream_max_bytes: i64,
+    pub stream_max_msg_size: i32,
     pub ack_wait: Duration,
     /// Messages the consumer may have delivered but not had acknowledged.
     pub max_ack_pending: i64,
@@ -190,6 +195,16 @@ impl BrokerSettings {
             subject_prefix: c.subject_prefix.clone(),
             consumer_name: c.consumer_name.clone(),
             stream_replicas: c.stream_replicas,
+            stream_max_age: c.stream_max_age,
+            // `0` (no limit) in the configuration; both are range-checked there.
+            stream_max_bytes: match c.stream_max_bytes {
+                0 => -1,
+                n => i64::try_from(n).unwrap_or(i64::MAX),
+            },
+            stream_max_msg_size: match c.stream_max_msg_size {
+                0 => -1,
+                n => i32::try_from(n).unwrap_or(i32::MAX),
+            },
             ack_wait: c.ack_wait,
             // The buffer plus every worker's batch in flight, with room to spare so intake
             // never starves the workers.

@@ -1,5 +1,6 @@
 //! Setting up what intake pulls from: the stream (with its identity, see [`crate::broker`]),
-//! its incarnation registered in the database, and the durable consumer.
+//! its incarnation registered in the database, and the durable consumer, both brought to the
+//! settings when they exist already (see [`crate::broker::reconcile`]).
 
 use crate::broker;
 use crate::settings::BrokerSettings;
@@ -57,6 +58,12 @@ pub async fn subscribe(
         record.highest_seq,
         broker::IDENTITY_KEY,
     );
+    // An existing stream and consumer keep the configuration they were created with: bring
+    // them to the settings, one replica at a time.
+    let js = async_nats::jetstream::new(client.clone());
+    store
+        .with_setup_lock(|| broker::reconcile::reconcile(&js, cfg))
+        .await?;
     let consumer = broker::ensure_consumer(&stream, cfg).await?;
     Ok(Subscription {
         consumer,

@@ -240,6 +240,19 @@ async fn compact_stream(
             Some(n) => deleted += n,
             None => break,
         }
+        // Reported once, by the replica whose step was applied: nothing else says that the
+        // stream's limits (or a purge) took messages nobody counted.
+        for (first, last) in &plan.skipped {
+            tracing::warn!(
+                stream_id,
+                first,
+                last,
+                "stream sequences {first}..={last} left the stream before they were counted \
+                 (STREAM_MAX_AGE or STREAM_MAX_BYTES reached while the aggregator was down or \
+                 behind, or a purge): unless a replica's WAL still holds them, those events \
+                 are lost; size the stream limits for the longest outage to survive"
+            );
+        }
         if plan.new_floor - plan.floor < settings.chunk {
             break;
         }

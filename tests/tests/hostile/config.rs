@@ -66,6 +66,11 @@ async fn bad_configuration_exits_with_one_line_naming_the_variable() {
         ("MAX_EVENTS_PER_REQUEST", "0"),
         // A typo is an error, not a silent fall back to text logs.
         ("LOG_FORMAT", "jsn"),
+        // Stream limits: shorter than the duplicate window, not a size, below one event.
+        ("STREAM_MAX_AGE", "90s"),
+        ("STREAM_MAX_BYTES", "lots"),
+        ("STREAM_MAX_MSG_SIZE", "64KiB"),
+        ("STREAM_MAX_MSG_SIZE", "3GiB"),
     ];
     let nats = env.nats_url();
     let db = env.database_url();

@@ -2,7 +2,8 @@
 //!
 //! Creation is idempotent so that several replicas can start at once: each one gets the
 //! stream/consumer if it exists and creates it otherwise; losing a creation race is followed
-//! by another get.
+//! by another get. An existing stream and consumer are then brought to the settings by
+//! [`reconcile`].
 //!
 //! # Stream identity
 //!
@@ -22,6 +23,8 @@ use anyhow::Context;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
 use std::time::Duration;
+
+pub mod reconcile;
 
 /// Metadata key (and description tag) holding a stream's incarnation token.
 pub const IDENTITY_KEY: &str = "aggregator.incarnation";
@@ -56,7 +59,13 @@ pub fn stream_config(config: &BrokerSettings) -> stream::Config {
         subjects: vec![shared::subject::stream_subjects(&config.subject_prefix)],
         storage: stream::StorageType::File,
         num_replicas: usize::from(config.stream_replicas),
-        duplicate_window: Duration::from_secs(120),
+        duplicate_window: crate::config::STREAM_DUPLICATE_WINDOW,
+        max_age: config.stream_max_age,
+        max_bytes: config.stream_max_bytes,
+        max_message_size: config.stream_max_msg_size,
+        // The stream is a buffer in front of Postgres: at a limit the oldest messages go,
+        // never the new ones publishers are sending.
+        discard: stream::DiscardPolicy::Old,
         ..Default::default()
     }
 }
