@@ -1,4 +1,4 @@
-//! Event id generation.
+//! Id generation: event ids, and other ids that must be unique without coordination.
 //!
 //! The publisher uses UUIDv7: 48 bits of Unix milliseconds followed by random bits, so ids are
 //! unique without coordination and sort roughly by creation time, which keeps the
@@ -8,6 +8,12 @@ use uuid::Uuid;
 
 /// A new UUIDv7 event id in its canonical hyphenated form.
 pub fn new_event_id() -> String {
+    new_id()
+}
+
+/// A new UUIDv7 in its canonical hyphenated form: unique without coordination (also the
+/// aggregator's stream incarnation tokens).
+pub fn new_id() -> String {
     Uuid::now_v7().to_string()
 }
 

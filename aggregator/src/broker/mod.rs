@@ -120,7 +120,7 @@ fn stamped(client: &async_nats::Client, mut config: stream::Config, token: &str)
 }
 
 fn new_token() -> String {
-    uuid::Uuid::now_v7().to_string()
+    shared::id::new_id()
 }
 
 /// Gets the stream, or creates it carrying a new identity. Returns the stream (with fresh
