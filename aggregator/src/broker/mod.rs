@@ -144,10 +144,22 @@ pub async fn ensure_stream(
                 return Ok((stream, identity));
             }
             Err(e) => {
-                last_err = Some(
-                    anyhow::Error::new(e)
-                        .context(format!("getting or creating stream {}", config.stream_name)),
-                )
+                // JetStream reserves a stream's max_bytes up front: a small disk (or a low
+                // max_file_store) refuses the default limit; say which setting to change.
+                let hint = if e.to_string().contains("insufficient storage") {
+                    format!(
+                        " (the server cannot reserve STREAM_MAX_BYTES = {} bytes of JetStream \
+                         storage: lower STREAM_MAX_BYTES or give the server more, \
+                         jetstream.max_file_store)",
+                        config.stream_max_bytes
+                    )
+                } else {
+                    String::new()
+                };
+                last_err = Some(anyhow::Error::new(e).context(format!(
+                    "getting or creating stream {}{hint}",
+                    config.stream_name
+                )))
             }
         }
     }
