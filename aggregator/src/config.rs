@@ -229,6 +229,13 @@ pub struct Config {
     #[arg(long, env = "API_READ_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub api_read_token: Option<String>,
 
+    /// After SIGTERM/SIGINT, longest wait for the drain (buffered batches written and
+    /// acknowledged, then the HTTP API closed); after it the process exits with status 1 and
+    /// JetStream redelivers whatever was not acknowledged. Keep it below the orchestrator's
+    /// grace period (compose: `stop_grace_period: 30s`), which ends in SIGKILL.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_positive_duration)]
+    pub shutdown_timeout: Duration,
+
     /// `json` for JSON logs; anything else gives human-readable logs.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -431,6 +438,7 @@ mod tests {
             "request-timeout",
             "health-check-interval",
             "ack-wait",
+            "shutdown-timeout",
         ] {
             let err = Cli::try_parse_from(["aggregator", &format!("--{var}"), "0ms"]).unwrap_err();
             assert!(err.to_string().contains("more than zero"), "{err}");
@@ -441,6 +449,8 @@ mod tests {
         assert!(err.to_string().contains("API_TOKEN"), "{err}");
         let err = Cli::try_parse_from(["aggregator", "--api-read-token", " "]).unwrap_err();
         assert!(err.to_string().contains("API_READ_TOKEN"), "{err}");
+        let err = Cli::try_parse_from(["aggregator", "--shutdown-timeout", "0"]).unwrap_err();
+        assert!(err.to_string().contains("SHUTDOWN_TIMEOUT"), "{err}");
         let err = Cli::try_parse_from(["aggregator", "--max-retries", "0"]).unwrap_err();
         assert!(err.to_string().contains("MAX_RETRIES"), "{err}");
     }
@@ -488,5 +498,7 @@ mod tests {
         assert_eq!(c.api_read_timeout, Duration::from_secs(5));
         assert_eq!(c.http_header_timeout, Duration::from_secs(10));
         assert_eq!(c.http_max_connections, 1024);
+        // Below compose's `stop_grace_period: 30s`, so the drain ends before a SIGKILL.
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(25));
     }
 }
