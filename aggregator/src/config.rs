@@ -277,6 +277,13 @@ pub struct Config {
     #[arg(long, env = "API_READ_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub api_read_token: Option<String>,
 
+    /// After SIGTERM/SIGINT, longest wait for the drain (buffered batches written and
+    /// acknowledged, then the HTTP API closed); after it the process exits with status 1 and
+    /// JetStream redelivers whatever was not acknowledged. Keep it below the orchestrator's
+    /// grace period (compose: `stop_grace_period: 30s`), which ends in SIGKILL.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_positive_duration)]
+    pub shutdown_timeout: Duration,
+
     /// Log lines as `text` (coloured only on a terminal) or `json`; RUST_LOG sets the levels
     /// (default "info,sqlx=warn,async_nats=warn").
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -550,6 +557,7 @@ mod tests {
             "request-timeout",
             "health-check-interval",
             "ack-wait",
+            "shutdown-timeout",
         ] {
             let err =
                 Cli::try_parse_args_from(["aggregator", &format!("--{var}"), "0ms"]).unwrap_err();
@@ -561,6 +569,8 @@ mod tests {
         assert!(err.to_string().contains("API_TOKEN"), "{err}");
         let err = Cli::try_parse_args_from(["aggregator", "--api-read-token", " "]).unwrap_err();
         assert!(err.to_string().contains("API_READ_TOKEN"), "{err}");
+        let err = Cli::try_parse_args_from(["aggregator", "--shutdown-timeout", "0"]).unwrap_err();
+        assert!(err.to_string().contains("SHUTDOWN_TIMEOUT"), "{err}");
         let err = Cli::try_parse_args_from(["aggregator", "--max-retries", "0"]).unwrap_err();
         assert!(err.to_string().contains("MAX_RETRIES"), "{err}");
     }
@@ -736,5 +746,7 @@ mod tests {
         assert_eq!(c.api_read_timeout, Duration::from_secs(5));
         assert_eq!(c.http_header_timeout, Duration::from_secs(10));
         assert_eq!(c.http_max_connections, 1024);
+        // Below compose's `stop_grace_period: 30s`, so the drain ends before a SIGKILL.
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(25));
     }
 }

@@ -5,7 +5,10 @@
 //! * `abort-after-commit:N` aborts the process right after the N-th batch commit, before its
 //!   messages are acknowledged (a crash between commit and ack must never double-count);
 //! * `abort-on-event:ID` aborts whenever an event with that id is about to be written (a
-//!   poison message that crashes the process must not loop forever).
+//!   poison message that crashes the process must not loop forever);
+//! * `hold-writes:PATH` holds every batch before its write for as long as the file PATH
+//!   exists, whatever shutdown says: a write hung on the database while the database still
+//!   answers the API (a drain that takes as long as the test wants).
 
 use crate::message::Record;
 
@@ -14,6 +17,7 @@ use crate::message::Record;
 pub struct Failpoint {
     abort_after_commit: Option<u64>,
     abort_on_event: Option<String>,
+    hold_writes: Option<std::path::PathBuf>,
     commits: std::sync::atomic::AtomicU64,
 }
 
@@ -26,6 +30,7 @@ impl Failpoint {
                 .strip_prefix("abort-after-commit:")
                 .and_then(|n| n.parse().ok()),
             abort_on_event: spec.strip_prefix("abort-on-event:").map(str::to_owned),
+            hold_writes: spec.strip_prefix("hold-writes:").map(Into::into),
             commits: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -37,6 +42,24 @@ impl Failpoint {
                 std::process::abort();
             }
         }
+    }
+
+    pub async fn hold(&self, records: &[Record]) {
+        let Some(path) = &self.hold_writes else {
+            return;
+        };
+        if !path.exists() {
+            return;
+        }
+        tracing::warn!(
+            records = records.len(),
+            "failpoint hold-writes: holding a batch until {} is removed",
+            path.display()
+        );
+        while path.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tracing::warn!("failpoint hold-writes: batch released");
     }
 
     pub fn after_commit(&self) {
@@ -68,6 +91,8 @@ impl Failpoint {
     }
 
     pub fn before_write(&self, _records: &[Record]) {}
+
+    pub async fn hold(&self, _records: &[Record]) {}
 
     pub fn after_commit(&self) {}
 }

@@ -43,11 +43,14 @@ fn main() -> ExitCode {
             Command::Serve => {
                 let prometheus = telemetry::init_metrics()?;
                 let token = shutdown::CancellationToken::new();
-                shutdown::cancel_on_signal(token.clone());
-                startup::run(settings, Some(prometheus), token).await
+                let force = shutdown::cancel_on_signal(token.clone());
+                startup::run(settings, Some(prometheus), token, force).await
             }
         }
     });
+    // Whatever still runs is abandoned, not waited for: after a drain cut short, a write
+    // hung on the database, or an append waiting for the frozen WAL (`startup`).
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -21,6 +21,8 @@ pub struct Settings {
     pub replay: ReplaySettings,
     pub housekeeping: HousekeepingSettings,
     pub api: ApiSettings,
+    /// Longest wait for the drain after SIGTERM/SIGINT (`SHUTDOWN_TIMEOUT`).
+    pub shutdown_timeout: Duration,
 }
 
 /// PostgreSQL.
@@ -163,6 +165,7 @@ impl Settings {
                 retention: c.retention,
             },
             api: ApiSettings::from_config(c),
+            shutdown_timeout: c.shutdown_timeout,
         }
     }
 }

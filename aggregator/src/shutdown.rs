@@ -1,8 +1,10 @@
 //! Graceful shutdown: one [`CancellationToken`] that every long-running task watches, and the
 //! waits that end early when it is cancelled.
 //!
-//! SIGTERM or SIGINT cancels it. Intake then stops pulling and closes the buffer; workers
-//! finish, commit and acknowledge what is buffered, and exit when it is empty.
+//! The first SIGTERM or SIGINT cancels it. Readiness turns false, intake stops pulling and
+//! closes the buffer; workers finish, commit and acknowledge what is buffered, and exit when
+//! it is empty; the HTTP API keeps answering until then. A second signal cancels the `force`
+//! token [`cancel_on_signal`] returns: the drain is given up and the process exits at once.
 
 use shared::backoff::Backoff;
 use std::future::Future;
@@ -12,30 +14,77 @@ pub use tokio_util::sync::CancellationToken;
 /// Between attempts of [`retry_until`]: 200 ms doubling up to 5 s.
 const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
-/// Cancels `token` on the first SIGTERM or SIGINT.
-pub fn cancel_on_signal(token: CancellationToken) {
+/// Cancels `token` on the first SIGTERM or SIGINT, and the returned token on the second (a
+/// caller that cannot cut its shutdown short ignores it). Once this is called the signals no
+/// longer end the process by themselves, hence the second one's token. Must be called inside
+/// the runtime; the handlers are installed before it returns, so no signal is missed.
+pub fn cancel_on_signal(token: CancellationToken) -> CancellationToken {
+    let force = CancellationToken::new();
+    let mut signals = Signals::install();
+    let forced = force.clone();
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
+        let first = signals.next().await;
+        tracing::info!("{first} received, shutting down");
+        token.cancel();
+        let second = signals.next().await;
+        tracing::warn!("second signal ({second}) received");
+        forced.cancel();
+    });
+    force
+}
+
+/// SIGTERM and SIGINT, as a stream of their names.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
         #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    std::future::pending::<()>().await
+                    tracing::warn!(error = %e, "cannot listen for {name}");
+                    None
+                }
+            };
+            Self {
+                term: listen(SignalKind::terminate(), "SIGTERM"),
+                int: listen(SignalKind::interrupt(), "SIGINT"),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
                 }
             }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => tracing::info!("SIGINT received, shutting down"),
-            _ = term => tracing::info!("SIGTERM received, shutting down"),
+            tokio::select! {
+                _ = recv(&mut self.term) => "SIGTERM",
+                _ = recv(&mut self.int) => "SIGINT",
+            }
         }
-        token.cancel();
-    });
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
 }
 
 /// Sleeps for `d`, or less if `shutdown` is cancelled meanwhile.

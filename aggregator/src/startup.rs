@@ -4,8 +4,11 @@
 //! `/live` answers while `/ready` says false), connect to Postgres (creating the database and
 //! applying migrations), connect to NATS and set up the stream and consumer, then start
 //! intake, the workers, the health monitor and housekeeping and report ready. On shutdown the
-//! same parts stop in reverse: intake stops pulling, the workers drain the buffers, pending
-//! acknowledgements are flushed to NATS, and the HTTP server closes.
+//! same parts stop in reverse: `/ready` turns 503 at once, intake stops pulling, the workers
+//! drain the buffers, pending acknowledgements are flushed to NATS, and only then does the
+//! HTTP server close (letting requests in flight finish): until then every route answers as
+//! usual, so a load balancer sees "not ready", never "connection refused", mid-drain.
+//! [`run`] bounds the drain by `SHUTDOWN_TIMEOUT` and gives it up on a second signal.
 
 use crate::api::state::{AppState, SharedState};
 use crate::failpoint::Failpoint;
@@ -31,10 +34,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// How long an exit that gives up the drain waits for a WAL append in progress.
+const WAL_FREEZE_LIMIT: Duration = Duration::from_secs(5);
+
 /// The running service.
 pub struct Service {
     /// Where the HTTP API listens (the port the system chose for `HTTP_ADDR` port 0).
     pub addr: SocketAddr,
+    state: SharedState,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -44,15 +51,64 @@ impl Service {
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("the service task failed")?
     }
+
+    /// [`Service::wait`], but the drain is given up when `force` is cancelled (a second
+    /// signal) or `limit` has passed since `shutdown` was: then this returns an error saying
+    /// what was abandoned, and the caller must exit without waiting for anything else.
+    /// Nothing is lost by that: whatever was not acknowledged is redelivered by JetStream,
+    /// and the WAL is left with whole appends (see [`WriteGuard::freeze_wal`]).
+    pub async fn wait_bounded(
+        mut self,
+        shutdown: &CancellationToken,
+        force: &CancellationToken,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(limit).await;
+        };
+        let why = tokio::select! {
+            result = &mut self.task => return result.context("the service task failed")?,
+            _ = force.cancelled() => "a second signal".to_owned(),
+            _ = deadline => format!("SHUTDOWN_TIMEOUT ({limit:?})"),
+        };
+        self.abandon(&why).await
+    }
+
+    /// Gives up the drain: logs what is left behind, freezes the WAL, and reports it.
+    async fn abandon(self, why: &str) -> anyhow::Result<()> {
+        let buffered = self.state.buffer_size();
+        tracing::warn!(
+            buffered,
+            "drain cut short by {why}: exiting with {buffered} messages still buffered and the \
+             batches being written unacknowledged; JetStream redelivers them after ACK_WAIT"
+        );
+        if let Some(guard) = self.state.guard.get() {
+            if !guard.freeze_wal(WAL_FREEZE_LIMIT).await {
+                tracing::warn!(
+                    "a WAL append did not finish within {WAL_FREEZE_LIMIT:?}; the next start \
+                     cuts off what it wrote (it was never acknowledged)"
+                );
+            }
+        }
+        self.task.abort();
+        anyhow::bail!("shutdown cut short by {why}; unacknowledged messages are redelivered")
+    }
 }
 
-/// Runs the service until `shutdown` is cancelled and everything in flight is settled.
+/// Runs the service until `shutdown` is cancelled and everything in flight is settled, or
+/// until `force` or `SHUTDOWN_TIMEOUT` cuts the drain short (an error).
 pub async fn run(
     settings: Settings,
     prometheus: Option<PrometheusHandle>,
     shutdown: CancellationToken,
+    force: CancellationToken,
 ) -> anyhow::Result<()> {
-    start(settings, prometheus, shutdown).await?.wait().await
+    let limit = settings.shutdown_timeout;
+    start(settings, prometheus, shutdown.clone())
+        .await?
+        .wait_bounded(&shutdown, &force, limit)
+        .await
 }
 
 /// Opens the WAL and binds the HTTP listener (an error names the variable), then runs the
@@ -86,27 +142,38 @@ pub async fn start(
         settings.broker.clone(),
         buffered.clone(),
         prometheus,
+        shutdown.clone(),
     );
     let limits = api::server::ConnectionLimits {
         header_read_timeout: settings.api.header_read_timeout,
         max_connections: settings.api.max_connections,
     };
+    // Not `shutdown`: the API keeps answering while the pipeline drains.
+    let close_http = CancellationToken::new();
     let server = api::server::serve(
         listener,
         api::router(state.clone()),
         limits,
-        shutdown.clone(),
+        close_http.clone(),
     );
+    let service_state = state.clone();
     let task = tokio::spawn(async move {
         let http = tokio::spawn(server);
         let result = run_pipeline(settings, &state, wal, buffered, &shutdown).await;
+        // Also when the pipeline failed: everything stops.
         shutdown.cancel();
+        close_http.cancel();
         if let Err(e) = http.await {
             tracing::warn!(error = %e, "HTTP server task failed");
         }
+        tracing::info!("shutdown complete");
         result
     });
-    Ok(Service { addr, task })
+    Ok(Service {
+        addr,
+        state: service_state,
+        task,
+    })
 }
 
 /// The API's store: its reads on a small pool of their own with a statement timeout, so they
@@ -167,7 +234,7 @@ async fn run_pipeline(
         subscription,
     )
     .await;
-    state.ready.store(true, Ordering::Release);
+    state.running.store(true, Ordering::Release);
     tracing::info!(
         workers = settings.intake.workers,
         batch_size = settings.worker.batch_size,
@@ -175,14 +242,16 @@ async fn run_pipeline(
     );
 
     shutdown.cancelled().await;
-    state.ready.store(false, Ordering::Release);
-    tracing::info!("draining: intake stopped, finishing buffered batches");
+    tracing::info!(
+        "draining: /ready answers 503, intake stopped, finishing buffered batches; the HTTP \
+         API answers until the drain is done (a second SIGTERM/SIGINT exits at once)"
+    );
     components.drain().await;
     // Acks are fire-and-forget publishes: make sure they have left before exiting.
     if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
         tracing::warn!(error = %e, "timed out flushing acknowledgements to NATS");
     }
-    tracing::info!("shutdown complete");
+    tracing::info!("pipeline drained; closing the HTTP API");
     Ok(())
 }
 

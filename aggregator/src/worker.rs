@@ -119,6 +119,7 @@ impl Worker {
         let (records, dead) = take_records(&mut group, doom);
         let group: Vec<&Delivery> = group.into_iter().map(|d| &*d).collect();
         self.failpoint.before_write(&records);
+        self.failpoint.hold(&records).await;
 
         // While the group waits for the database or the WAL, keep its messages ours.
         let keepalive = || -> BoxFuture<'_, ()> {

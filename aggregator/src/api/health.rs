@@ -57,12 +57,16 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "alive" }))
 }
 
+/// 200 `{"ready":true}` when migrations are applied, NATS is connected, a batch can be made
+/// durable (the database takes writes or the WAL does) and the process is not draining for
+/// shutdown; else 503 `{"ready":false,"reasons":[...]}` naming each failing condition.
 pub async fn ready(State(state): State<SharedState>) -> (StatusCode, Json<serde_json::Value>) {
-    let ready = state.is_ready();
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(serde_json::json!({ "ready": ready })))
+    let reasons = state.not_ready_reasons();
+    if reasons.is_empty() {
+        return (StatusCode::OK, Json(serde_json::json!({ "ready": true })));
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({ "ready": false, "reasons": reasons })),
+    )
 }

@@ -1,11 +1,13 @@
 //! What the HTTP handlers share: their settings and handles to the running service.
 //!
 //! The HTTP server starts before the database and NATS are reachable (so `/live` and
-//! `/ready` answer during start-up); the connections are filled in once they exist.
+//! `/ready` answer during start-up); the connections are filled in once they exist. It also
+//! outlives the pipeline's drain on shutdown, which `shutdown` tells it about.
 
 use crate::guard::{GuardStatus, WriteGuard};
 use crate::intake::BufferCount;
 use crate::settings::{ApiSettings, BrokerSettings};
+use crate::shutdown::CancellationToken;
 use crate::store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +22,10 @@ pub struct AppState {
     pub store: OnceLock<Store>,
     pub nats: OnceLock<async_nats::Client>,
     pub prometheus: Option<PrometheusHandle>,
-    /// Start-up (migrations, stream, consumer) finished and the pipeline is running.
-    pub ready: AtomicBool,
+    /// Start-up (migrations, stream, consumer) finished and the pipeline was started.
+    pub running: AtomicBool,
+    /// Cancelled on SIGTERM/SIGINT: the pipeline drains while the API still answers.
+    pub shutdown: CancellationToken,
     /// Messages pulled from JetStream and not yet taken by a worker.
     pub buffered: BufferCount,
     /// The write guard (breaker, WAL), once start-up created it.
@@ -38,6 +42,7 @@ impl AppState {
         broker: BrokerSettings,
         buffered: BufferCount,
         prometheus: Option<PrometheusHandle>,
+        shutdown: CancellationToken,
     ) -> SharedState {
         Arc::new(Self {
             publish_slots: tokio::sync::Semaphore::new(settings.max_concurrent_publish),
@@ -47,7 +52,8 @@ impl AppState {
             store: OnceLock::new(),
             nats: OnceLock::new(),
             prometheus,
-            ready: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            shutdown,
             buffered,
             guard: OnceLock::new(),
         })
@@ -68,8 +74,32 @@ impl AppState {
             .ok_or_else(|| super::ApiError::unavailable("starting up: database not connected yet"))
     }
 
+    /// Why this replica cannot take traffic now (empty: it can). Cheap enough for every
+    /// probe: flags and counters only, no round trip to the database or NATS. Whether the
+    /// database answers is the breaker's verdict from the latest writes (CLOSED: they
+    /// commit), whether the WAL takes batches the latest append's.
+    pub fn not_ready_reasons(&self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        if self.store.get().is_none() {
+            reasons.push("database not connected (migrations not applied)");
+        }
+        if !self.nats_up() {
+            reasons.push("nats disconnected");
+        }
+        if reasons.is_empty() && !self.running.load(Ordering::Acquire) {
+            reasons.push("stream and consumer not set up");
+        }
+        if let Some(refusal) = self.guard_status().refusal() {
+            reasons.push(refusal);
+        }
+        if self.shutdown.is_cancelled() {
+            reasons.push("draining");
+        }
+        reasons
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.not_ready_reasons().is_empty()
     }
 
     pub fn buffer_size(&self) -> i64 {

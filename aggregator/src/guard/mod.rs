@@ -34,7 +34,7 @@ use breaker::{CircuitBreaker, Permit};
 use retry::RetryPolicy;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,6 +77,9 @@ pub struct WriteGuard {
     wal: Arc<Mutex<Wal>>,
     wal_bytes: AtomicU64,
     wal_records: AtomicU64,
+    /// How the latest append ended, a [`WalAppends`] as `u8`: readiness asks it without
+    /// touching the WAL's lock.
+    wal_appends: AtomicU8,
 }
 
 /// Why a write did not commit.
@@ -102,12 +105,42 @@ impl std::fmt::Display for WriteFailure {
     }
 }
 
-/// The guard's state as operators see it (`/health`, `/stats`, `/metrics`).
+/// Whether the WAL takes batches, as the latest append found it (nothing is known before
+/// the first append, which is taken as accepting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalAppends {
+    Accepting,
+    /// `WAL_MAX_SIZE` reached: batches wait unacknowledged (backpressure).
+    Full,
+    /// Any other failure (the disk, permissions).
+    Failing,
+}
+
+impl WalAppends {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => WalAppends::Accepting,
+            1 => WalAppends::Full,
+            _ => WalAppends::Failing,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            WalAppends::Accepting => 0,
+            WalAppends::Full => 1,
+            WalAppends::Failing => 2,
+        }
+    }
+}
+
+/// The guard's state as operators see it (`/health`, `/stats`, `/metrics`, `/ready`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuardStatus {
     pub wal_bytes: u64,
     pub wal_records: u64,
     pub breaker: breaker::State,
+    pub wal_appends: WalAppends,
 }
 
 impl Default for GuardStatus {
@@ -116,6 +149,22 @@ impl Default for GuardStatus {
             wal_bytes: 0,
             wal_records: 0,
             breaker: breaker::State::Closed,
+            wal_appends: WalAppends::Accepting,
+        }
+    }
+}
+
+impl GuardStatus {
+    /// Whether a batch can be made durable now: the database takes writes (the breaker is
+    /// CLOSED), or the WAL takes them meanwhile. `None` when it can; else why not.
+    pub fn refusal(&self) -> Option<&'static str> {
+        if self.breaker == breaker::State::Closed {
+            return None;
+        }
+        match self.wal_appends {
+            WalAppends::Accepting => None,
+            WalAppends::Full => Some("database unreachable and WAL full"),
+            WalAppends::Failing => Some("database unreachable and WAL failing"),
         }
     }
 }
@@ -131,6 +180,7 @@ impl WriteGuard {
             wal: Arc::new(Mutex::new(wal)),
             wal_bytes: AtomicU64::new(0),
             wal_records: AtomicU64::new(0),
+            wal_appends: AtomicU8::new(WalAppends::Accepting.as_u8()),
         };
         guard.refresh_wal_stats();
         guard
@@ -145,6 +195,7 @@ impl WriteGuard {
             wal_bytes: self.wal_bytes(),
             wal_records: self.wal_records(),
             breaker: self.breaker.state(),
+            wal_appends: WalAppends::from_u8(self.wal_appends.load(Ordering::Relaxed)),
         }
     }
 
@@ -336,10 +387,43 @@ impl WriteGuard {
             .chain(dead.iter().cloned().map(WalEntry::Dead))
             .collect();
         let n = entries.len() as u64;
-        self.with_wal(move |wal| wal.append(&entries).map(|_| ()))
-            .await?;
+        let result = self
+            .with_wal(move |wal| wal.append(&entries).map(|_| ()))
+            .await;
+        let appends = match &result {
+            Ok(()) => WalAppends::Accepting,
+            Err(WalError::Full { .. }) => WalAppends::Full,
+            Err(_) => WalAppends::Failing,
+        };
+        self.wal_appends.store(appends.as_u8(), Ordering::Relaxed);
+        result?;
         metrics::counter!(names::WAL_APPENDED).increment(n);
         Ok(())
+    }
+
+    /// For an exit that cannot wait for the drain: waits (at most `limit`) until no append
+    /// is in progress, then keeps any other from starting until the process exits, so the
+    /// WAL is left with whole, fsynced appends only. `false` when an append did not finish
+    /// within `limit` (a stalled disk): what it wrote is then at worst a torn tail, which the
+    /// next start cuts off (it was never acknowledged).
+    pub async fn freeze_wal(&self, limit: Duration) -> bool {
+        let wal = self.wal.clone();
+        let (held, frozen) = tokio::sync::oneshot::channel();
+        // A thread of its own, not the runtime's blocking pool: it never returns, and the
+        // runtime's shutdown must not wait for it.
+        let spawned = std::thread::Builder::new()
+            .name("wal-freeze".into())
+            .spawn(move || {
+                let _lock = wal.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = held.send(());
+                loop {
+                    std::thread::park();
+                }
+            });
+        if spawned.is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(limit, frozen).await, Ok(Ok(())))
     }
 }
 
