@@ -34,8 +34,8 @@ pub struct NatsServerBin {
 pub fn nats_server() -> &'static NatsServerBin {
     static CHOSEN: OnceLock<NatsServerBin> = OnceLock::new();
     CHOSEN.get_or_init(|| {
-        let (bin, why) =
-            choose(std::env::var_os("NATS_SERVER_BIN").as_deref()).unwrap_or_else(|e| panic!("{e}"));
+        let (bin, why) = choose(std::env::var_os("NATS_SERVER_BIN").as_deref())
+            .unwrap_or_else(|e| panic!("{e}"));
         // Logged once per test process: the captured output of a failing test says which
         // server it ran against.
         eprintln!(
