@@ -39,7 +39,7 @@ pub use binaries::{aggregator_bin, publisher_bin, workspace_root};
 pub use cluster::NatsCluster;
 pub use env::{TestEnv, AGGREGATOR_DB};
 pub use nats::Nats;
-pub use nats_server::{nats_server, nats_server_minor, pinned_version};
+pub use nats_server::{nats_server, pinned_version};
 pub use postgres::{PgTls, Postgres};
 pub use publish::{
     event_json, publish_in_background, publish_raw, publisher_output, run_publisher,

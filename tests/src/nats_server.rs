@@ -52,13 +52,6 @@ pub(crate) fn nats_server_bin() -> PathBuf {
     nats_server().path.clone()
 }
 
-/// The major and minor version of the chosen server, e.g. `(2, 15)`.
-pub fn nats_server_minor() -> (u32, u32) {
-    let v = &nats_server().version;
-    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
-}
-
 /// The choice [`nats_server`] makes, with `override_bin` as the value of `NATS_SERVER_BIN`,
 /// and why it was made; an error names the variable or says what to install.
 pub fn choose(override_bin: Option<&OsStr>) -> Result<(NatsServerBin, &'static str), String> {
