@@ -15,10 +15,10 @@ cargo clippy -p aggregator --features failpoints -- -D warnings
 cargo build --workspace --bins --features aggregator/failpoints
 # The tests use exactly these binaries (no rebuild from inside the test run).
 export IT_SKIP_BUILD=1
-# The same features as the build above: building the aggregator package's own tests rebuilds
-# its binary, which must keep its failpoints.
 # Every private nats-server is the pinned current one (installed above; the harness logs which
 # binary it runs, tests/src/nats_server.rs).
+# The same features as the build above: building the aggregator package's own tests rebuilds
+# its binary, which must keep its failpoints.
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --features aggregator/failpoints --no-fail-fast
 else
@@ -27,7 +27,7 @@ fi
 
 # Smoke run against Debian's nats-server 2.9.10 (2022, the oldest supported; README
 # "Guarantees"): the 20,000-event pipeline run, the stream identity (2.9 drops stream
-# metadata), a cluster failover and a Postgres outage, in about two minutes.
+# metadata), a cluster failover and a Postgres outage, in about a minute.
 OLD_NATS=/usr/sbin/nats-server
 if [ -x "$OLD_NATS" ]; then
   echo "smoke run against $("$OLD_NATS" --version)" >&2
