@@ -10,10 +10,14 @@
 #                clients, pgbench) and our multiple of it
 #   5. peak RSS of the aggregator
 #   6. WAL       append rate while Postgres is down, replay rate once it is back
+#   7. publish   JetStream publish throughput (publisher, every PubAck awaited) against a
+#                fresh nats-server with the default sync (fsync every 2 min) and with
+#                `sync_interval: always`, side by side (README "Guarantees")
 # It prints a table and writes the same figures as JSON.
 #
 #   scripts/bench.sh [--events N] [--json PATH]
 #   scripts/bench.sh --replicas [--events N]   # drain with 1 and with 2 aggregator replicas
+#   scripts/bench.sh --publish [--publish-events N]   # only 7, table + JSON
 #
 # synchronous_commit stays on and the WAL is fsynced: durability is not traded for speed.
 set -euo pipefail
@@ -21,10 +25,12 @@ cd "$(dirname "$0")/.."
 source scripts/lib/stack.sh
 
 N=300000 JSON=bench-results/bench.json LIVE_N=300000 LAG_N=50000 WAL_N=100000 BASE_SECS=20
-REPLICAS_ONLY=0
+PUBLISH_N=50000 REPLICAS_ONLY=0 PUBLISH_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --replicas) REPLICAS_ONLY=1; shift ;;
+    --publish) PUBLISH_ONLY=1; shift ;;
+    --publish-events) PUBLISH_N=$2; shift 2 ;;
     --events) N=$2; LIVE_N=$2; shift 2 ;;
     --json) JSON=$2; shift 2 ;;
     --wal-events) WAL_N=$2; shift 2 ;;
@@ -52,6 +58,51 @@ wait_received() { # target
 }
 publish() { "$PUB" --nats-url "$NATS_URL" --summary json --no-progress --topics 10 --duplicate-rate 0.3 "$@"; }
 AGG_ENV=(RUST_LOG=warn)
+
+# publish_rate SYNC: events/s of PUBLISH_N publishes (30% duplicates, every PubAck awaited)
+# into the aggregator's stream on a fresh private nats-server whose JetStream syncs by
+# SYNC: `default` (fsync every 2 minutes, acknowledged before) or `always` (fsync before
+# each acknowledgement). The aggregator only creates the stream and is stopped before.
+publish_rate() {
+  local sync=$1 d="$DIR/publish-$1" port mport pid conf=() rate
+  mkdir -p "$d"; port=$(free_port); mport=$(free_port)
+  if [ "$sync" = always ]; then
+    printf 'jetstream { sync_interval: always }\n' >"$d/nats.conf"; conf=(-c "$d/nats.conf")
+  fi
+  "$(nats_bin)" "${conf[@]}" -a 127.0.0.1 -p "$port" -m "$mport" -js -sd "$d/store" >"$d/nats.log" 2>&1 &
+  pid=$!
+  wait_port "$port"; wait_port "$mport"
+  # The server reports what it runs with: the figure is labelled by fact, not by intent.
+  if [ "$(curl -fsS "127.0.0.1:$mport/varz" | grep -c '"sync_always": *true')" != "$([ "$sync" = always ] && echo 1 || echo 0)" ]; then
+    echo "error: nats-server on $port does not run with sync=$sync" >&2; kill "$pid"; return 1
+  fi
+  HTTP_PORT=$(free_port) agg_up "$AGG" "${AGG_ENV[@]}" \
+    NATS_URL="nats://127.0.0.1:$port" DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/publish_$sync"
+  kill -TERM "$AGG_PID"; wait "$AGG_PID" || true; AGG_PID=""
+  rate=$("$PUB" --nats-url "nats://127.0.0.1:$port" --summary json --no-progress --topics 10 \
+    --duplicate-rate 0.3 --count "$PUBLISH_N" --seed 6 | json_num events_per_s)
+  kill -TERM "$pid"; wait "$pid" || true
+  printf '%.0f' "$rate"
+}
+publish_figures() {
+  echo "== publish: $PUBLISH_N events, JetStream sync default vs always" >&2
+  PUB_DEFAULT=$(publish_rate default); PUB_ALWAYS=$(publish_rate always)
+  echo "   default $PUB_DEFAULT events/s, sync_interval always $PUB_ALWAYS events/s" >&2
+}
+publish_table() {
+  printf '%-44s %14s\n' "publish, sync default (events/s)" "$PUB_DEFAULT"
+  printf '%-44s %14s\n' "publish, sync_interval always (events/s)" "$PUB_ALWAYS"
+}
+publish_json() { echo "\"publish_events\": $PUBLISH_N, \"publish_sync_default_events_per_s\": $PUB_DEFAULT, \"publish_sync_always_events_per_s\": $PUB_ALWAYS"; }
+
+if [ "$PUBLISH_ONLY" = 1 ]; then
+  publish_figures
+  printf '\n%-44s %14s\n' "measure (nats-server $(nats_version "$(nats_bin)"))" "figure"
+  publish_table
+  echo "{\"nats_server\": \"$(nats_version "$(nats_bin)")\", $(publish_json)}" >"${JSON%.json}-publish.json"
+  echo "JSON: ${JSON%.json}-publish.json"
+  exit 0
+fi
 
 if [ "$REPLICAS_ONLY" = 1 ]; then
   # Same Postgres, same NATS; a separate stream, subject prefix and database per run.
@@ -188,6 +239,8 @@ BASE_RATE=$(grep -oE 'tps = [0-9.]+' "$DIR/pgbench.txt" | head -1 | grep -oE '[0
 MULTIPLE=$(printf '%.1f' "$(echo "$DRAIN_RATE / $BASE_RATE" | bc -l)")
 echo "   baseline $BASE_RATE events/s; drain is ${MULTIPLE}x" >&2
 
+publish_figures
+
 cat >"$JSON" <<EOF
 {"events": $N, "unique": $UNIQUE,
  "copy_seconds": $COPY_S, "copy_rows_per_s": $COPY_RATE,
@@ -196,7 +249,8 @@ cat >"$JSON" <<EOF
  "lag_rate_events_per_s": 5000, "lag_p50_ms": $LAG_P50, "lag_p99_ms": $LAG_P99, "lag_max_ms": $LAG_MAX,
  "baseline_events_per_s": $BASE_RATE, "multiple_of_baseline": $MULTIPLE,
  "aggregator_peak_rss_mb": $RSS_MB,
- "wal_events": $WAL_N, "wal_append_events_per_s": $WAL_APPEND_RATE, "wal_replay_events_per_s": $WAL_REPLAY_RATE}
+ "wal_events": $WAL_N, "wal_append_events_per_s": $WAL_APPEND_RATE, "wal_replay_events_per_s": $WAL_REPLAY_RATE,
+ $(publish_json)}
 EOF
 
 printf '\n%-44s %14s %10s\n' "measure" "figure" "target"
@@ -211,4 +265,5 @@ printf '%-44s %14s %10s\n' "lag p99 at 5,000 events/s (ms)" "$LAG_P99" "<= 100"
 printf '%-44s %14s %10s\n' "aggregator peak RSS (MB)" "$RSS_MB" "<= 100"
 printf '%-44s %14s %10s\n' "WAL append (events/s)" "$WAL_APPEND_RATE" ">= 50000"
 printf '%-44s %14s %10s\n' "WAL replay (events/s)" "$WAL_REPLAY_RATE" ">= 30000"
+publish_table
 echo "JSON: $JSON"

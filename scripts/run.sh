@@ -43,8 +43,11 @@ host_port() { local hp=${1#*://}; hp=${hp#*@}; hp=${hp%%/*}; hp=${hp%%,*}; echo 
 # --- NATS -------------------------------------------------------------------------------
 read -r nhost nport < <(host_port "$NATS_URL")
 if ! port_open "$nhost" "$nport"; then
-  echo "starting nats-server with JetStream on $nhost:$nport (store: $DATA_DIR/nats)" >&2
-  NATS_BIN=$(command -v nats-server || echo /usr/sbin/nats-server)
+  # NATS_SERVER_BIN, else the pinned current server if installed, else PATH.
+  # shellcheck source=lib/nats-server.sh
+  source scripts/lib/nats-server.sh
+  NATS_BIN=$(nats_bin)
+  echo "starting nats-server $(nats_version "$NATS_BIN") ($NATS_BIN) with JetStream on $nhost:$nport (store: $DATA_DIR/nats)" >&2
   nohup "$NATS_BIN" -a "$nhost" -p "$nport" -js -sd "$DATA_DIR/nats" >"$DATA_DIR/nats.log" 2>&1 &
   for _ in $(seq 100); do port_open "$nhost" "$nport" && break; sleep 0.1; done
 fi

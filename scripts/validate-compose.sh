@@ -55,10 +55,23 @@ SECURE=docker-compose.secure.yml
 docker-compose -f "$SECURE" --profile testing config -q
 echo "ok: docker-compose -f $SECURE --profile testing config -q"
 
-for f in Dockerfile .dockerignore deploy/prometheus.yml deploy/secure/make-secrets.sh \
-  deploy/secure/nats.conf deploy/secure/pg_hba.conf deploy/grafana/dashboards/aggregator.json \
+for f in Dockerfile .dockerignore deploy/prometheus.yml deploy/nats/nats.conf \
+  deploy/secure/make-secrets.sh deploy/secure/nats.conf deploy/secure/pg_hba.conf \
+  deploy/grafana/dashboards/aggregator.json \
   deploy/grafana/provisioning/datasources/prometheus.yml \
   deploy/grafana/provisioning/dashboards/dashboards.yml; do
   [ -f "$f" ] || { echo "error: $f is missing (used by $FILE)" >&2; exit 1; }
 done
-echo "ok: build context and mounts present: Dockerfile .dockerignore deploy/prometheus.yml deploy/secure/* deploy/grafana/*"
+echo "ok: build context and mounts present: Dockerfile .dockerignore deploy/prometheus.yml deploy/nats/nats.conf deploy/secure/* deploy/grafana/*"
+
+# NATS: every compose file runs the version the tests run against, and every NATS config
+# fsyncs before acknowledging (README "Guarantees").
+PINNED=$(cat scripts/lib/nats-server-version)
+for f in "$FILE" "$SECURE"; do
+  bad=$(grep -E '^ +image: nats:' "$f" | grep -vF "image: nats:$PINNED-alpine" || true)
+  [ -z "$bad" ] || { echo "error: $f: NATS image is not nats:$PINNED-alpine:$bad" >&2; exit 1; }
+done
+for f in deploy/nats/nats.conf deploy/secure/nats.conf; do
+  grep -qE '^[^#]*sync_interval: *always' "$f" || { echo "error: $f lacks sync_interval: always" >&2; exit 1; }
+done
+echo "ok: NATS images nats:$PINNED-alpine, sync_interval: always in deploy/nats and deploy/secure"

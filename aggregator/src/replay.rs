@@ -156,6 +156,10 @@ impl Monitor {
             })
             .await?;
         salvage.report(corrupt);
+        // Counted here, once per record, not per committed chunk: a segment whose replay
+        // stopped part-way is written again in full next time (its committed chunks count
+        // nothing twice in the store), and must not count its records twice here either.
+        metrics::counter!(names::WAL_REPLAYED).increment(entries.len() as u64);
         tracing::info!(
             segment,
             records = entries.len(),
@@ -176,7 +180,7 @@ impl Monitor {
                 Some(first) => match self.write_chunk(0, first).await {
                     Ok(commit) => {
                         self.guard.breaker.on_success();
-                        self.committed(first.len(), &commit);
+                        self.committed(&commit);
                     }
                     Err(failure) => return Err(self.failed(segment, failure, true)),
                 },
@@ -189,15 +193,15 @@ impl Monitor {
         let lanes = self.settings.lanes.max(1);
         let writes: Vec<_> = chunks
             .enumerate()
-            .map(|(i, part)| async move { (part.len(), self.write_chunk(i % lanes, part).await) })
+            .map(|(i, part)| async move { self.write_chunk(i % lanes, part).await })
             .collect();
         let mut writes = futures::stream::iter(writes).buffer_unordered(lanes);
         let mut failure = None;
-        while let Some((n, result)) = writes.next().await {
+        while let Some(result) = writes.next().await {
             match result {
                 Ok(commit) => {
                     self.guard.breaker.on_success();
-                    self.committed(n, &commit);
+                    self.committed(&commit);
                 }
                 Err(f) => failure = Some(f),
             }
@@ -228,9 +232,8 @@ impl Monitor {
         }
     }
 
-    fn committed(&self, records: usize, commit: &Commit) {
+    fn committed(&self, commit: &Commit) {
         (self.on_commit)(&commit.outcome);
-        metrics::counter!(names::WAL_REPLAYED).increment(records as u64);
     }
 
     async fn write_chunk(&self, lane: usize, part: &[WalEntry]) -> Result<Commit, WriteFailure> {

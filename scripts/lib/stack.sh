@@ -3,7 +3,9 @@
 # Nothing here touches the machine's own services.
 
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
-nats_bin() { command -v nats-server || echo /usr/sbin/nats-server; }
+# nats_bin: NATS_SERVER_BIN, else the pinned current server if installed, else PATH.
+# shellcheck source=nats-server.sh
+source "$(dirname "${BASH_SOURCE[0]}")/nats-server.sh"
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() { for _ in $(seq 300); do port_open "$1" && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -14,7 +16,9 @@ stack_up() {
   STACK_DIR=$1; mkdir -p "$STACK_DIR"
   [ "$(id -u)" -eq 0 ] && chown postgres "$STACK_DIR" && chmod 755 "$STACK_DIR"
   NATS_PORT=${NATS_PORT:-$(free_port)}; PG_PORT=${PG_PORT:-$(free_port)}
-  "$(nats_bin)" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$STACK_DIR/nats" >"$STACK_DIR/nats.log" 2>&1 &
+  local nats; nats=$(nats_bin)
+  echo "private stack: nats-server $(nats_version "$nats") ($nats)" >&2
+  "$nats" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$STACK_DIR/nats" >"$STACK_DIR/nats.log" 2>&1 &
   NATS_PID=$!
   PGDATA="$STACK_DIR/pg"
   if [ ! -f "$PGDATA/PG_VERSION" ]; then

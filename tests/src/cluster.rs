@@ -2,7 +2,8 @@
 //! other, each with its own temp dir (store, log). Tests may SIGKILL and restart single
 //! nodes freely; everything is killed on drop. Never the shared server on 4222.
 
-use crate::nats::{harness_options, nats_server_bin};
+use crate::nats::harness_options;
+use crate::nats_server::nats_server_bin;
 use crate::secure::Security;
 use crate::util::spawn_service;
 use std::path::PathBuf;

@@ -17,7 +17,9 @@
 //! messages include the relevant log tail. Timeouts are safety nets only.
 //!
 //! Environment knobs: `IT_KEEP_DIRS=1` keeps temp dirs (logs, data) for inspection;
-//! `IT_SKIP_BUILD=1` never runs `cargo build` for the binaries.
+//! `IT_SKIP_BUILD=1` never runs `cargo build` for the binaries; `NATS_SERVER_BIN=<path>` runs
+//! every private NATS server from that binary instead of the pinned current one
+//! ([`nats_server`]).
 
 pub mod aggregator;
 pub mod binaries;
@@ -25,6 +27,7 @@ pub mod checker;
 pub mod cluster;
 pub mod env;
 pub mod nats;
+pub mod nats_server;
 pub mod pki;
 pub mod postgres;
 pub mod publish;
@@ -36,6 +39,7 @@ pub use binaries::{aggregator_bin, publisher_bin, workspace_root};
 pub use cluster::NatsCluster;
 pub use env::{TestEnv, AGGREGATOR_DB};
 pub use nats::Nats;
+pub use nats_server::{nats_server, pinned_version};
 pub use postgres::{PgTls, Postgres};
 pub use publish::{
     event_json, publish_in_background, publish_raw, publisher_output, run_publisher,

@@ -1,9 +1,10 @@
 //! A private `nats-server -js` instance on a free port with its own store directory,
 //! which tests may kill, stop, pause and restart freely. Never the shared server on 4222.
 
+use crate::nats_server::nats_server_bin;
 use crate::secure::Security;
 use crate::util::spawn_service;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,24 +39,6 @@ pub(crate) async fn harness_options(security: Option<&Security>) -> async_nats::
         Some(sec) => sec.client_options().await,
         None => async_nats::ConnectOptions::new(),
     }
-}
-
-/// The `nats-server` binary: from PATH, else /usr/sbin (Debian's package).
-pub(crate) fn nats_server_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("nats-server");
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    for candidate in ["/usr/sbin/nats-server", "/usr/local/sbin/nats-server"] {
-        if Path::new(candidate).is_file() {
-            return PathBuf::from(candidate);
-        }
-    }
-    panic!("nats-server not found in PATH or /usr/sbin");
 }
 
 impl Nats {

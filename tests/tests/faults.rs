@@ -664,3 +664,50 @@ async fn an_open_breaker_with_nothing_left_to_replay_still_closes_after_its_time
         "the batch committed on a retry, never went to the WAL"
     );
 }
+
+/// A segment whose replay stops part-way (one chunk's write times out after earlier chunks
+/// committed) is written again in full later. Its records are counted as replayed once, not
+/// once per attempt: before the fix, `aggregator_wal_replayed_records_total` grew by every
+/// committed chunk, so it ended above `aggregator_wal_appended_records_total` (seen as
+/// 28,787 replayed for 16,369 appended in a loaded run of the Postgres-kill test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_replayed_again_after_a_failed_chunk_counts_its_records_once() {
+    let mut env = TestEnv::start().await;
+    // One lane, chunks of 100: the replay's insert statements come in a known order.
+    let mut agg =
+        Aggregator::spawn(&env, &with(&[("WORKERS", "1"), ("REPLAY_BATCH", "100")])).await;
+    // The third insert into `events` from now on hangs past WRITE_TIMEOUT (2s), once: a
+    // sequence, because the timed-out transaction's own changes are rolled back.
+    sqlx::raw_sql(
+        "CREATE SEQUENCE it_insert_statements;
+         CREATE FUNCTION it_slow_third_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF nextval('it_insert_statements') = 3 THEN PERFORM pg_sleep(3); END IF;
+           RETURN NULL;
+         END $$;
+         CREATE TRIGGER it_slow_third_insert BEFORE INSERT ON events
+           FOR EACH STATEMENT EXECUTE FUNCTION it_slow_third_insert();",
+    )
+    .execute(&env.db().await)
+    .await
+    .unwrap();
+
+    outage_into_wal(&mut env, &agg, 1000, "0", 31).await;
+    env.pg.start().await;
+    assert_settled(&env, &mut agg, 1000, 1000).await;
+
+    let log = std::fs::read_to_string(agg.log_path()).unwrap();
+    assert!(
+        log.contains("WAL replay write failed; will retry"),
+        "the third chunk's write did not fail: the test proves nothing\n{}",
+        agg.log_tail()
+    );
+    assert_eq!(
+        agg.metric("aggregator_wal_appended_records_total").await,
+        1000.0
+    );
+    assert_eq!(
+        agg.metric("aggregator_wal_replayed_records_total").await,
+        1000.0
+    );
+}
