@@ -132,8 +132,10 @@ pub struct Config {
 
     /// Largest size of the stream (JetStream `max_bytes`, discard old): the oldest messages
     /// are dropped to stay under it, whether processed or not. Bytes, or with KiB, MiB, GiB,
-    /// TiB; `0` = no limit. Applied to an existing stream at start-up.
-    #[arg(long, env = "STREAM_MAX_BYTES", default_value = "10GiB", value_parser = parse_bytes)]
+    /// TiB; `0` = no limit. Applied to an existing stream at start-up. JetStream reserves it
+    /// from the server's storage up front (by default 75% of the free disk when the server
+    /// started), so the default stays small enough for a small disk.
+    #[arg(long, env = "STREAM_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
     pub stream_max_bytes: u64,
 
     /// Largest message the stream accepts (JetStream `max_msg_size`, headers included); a
@@ -638,7 +640,7 @@ mod tests {
     fn stream_limits_parse_with_zero_for_no_limit() {
         let c = Cli::try_parse_args_from(["aggregator"]).unwrap().config;
         assert_eq!(c.stream_max_age, Duration::from_secs(7 * 86_400));
-        assert_eq!(c.stream_max_bytes, 10 * 1024 * 1024 * 1024);
+        assert_eq!(c.stream_max_bytes, 1024 * 1024 * 1024);
         assert_eq!(c.stream_max_msg_size, 256 * 1024);
         let c = Cli::try_parse_args_from([
             "aggregator",
