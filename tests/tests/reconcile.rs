@@ -62,7 +62,7 @@ async fn changed_settings_reach_the_existing_stream_and_consumer_on_restart() {
 
     let created = stream_config(&js).await;
     assert_eq!(created.max_age, Duration::from_secs(7 * 86_400));
-    assert_eq!(created.max_bytes, 10 * GIB);
+    assert_eq!(created.max_bytes, GIB);
     assert_eq!(created.max_message_size, 256 * KIB as i32);
     assert_eq!(created.discard, stream::DiscardPolicy::Old);
     let identity = identity_of(&created).expect("the stream carries an identity");
