@@ -519,3 +519,14 @@ fn set_var(vars: &mut Vec<(String, String)>, key: &str, value: &str) {
 fn get_var(vars: &[(String, String)], key: &str) -> Option<String> {
     vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
 }
+
+/// Settings that make outages play out in seconds (retries, breaker, health checks, write
+/// timeout), for the suites that kill, stop and pause Postgres.
+pub const FAST_FAULTS: &[(&str, &str)] = &[
+    ("RETRY_DELAY", "100ms"),
+    ("MAX_RETRIES", "3"),
+    ("CIRCUIT_BREAKER_THRESHOLD", "3"),
+    ("CIRCUIT_BREAKER_TIMEOUT", "2s"),
+    ("HEALTH_CHECK_INTERVAL", "300ms"),
+    ("WRITE_TIMEOUT", "2s"),
+];

@@ -34,7 +34,7 @@ pub mod publish;
 pub mod secure;
 pub mod util;
 
-pub use aggregator::Aggregator;
+pub use aggregator::{Aggregator, FAST_FAULTS};
 pub use binaries::{aggregator_bin, publisher_bin, workspace_root};
 pub use cluster::NatsCluster;
 pub use env::{TestEnv, AGGREGATOR_DB};

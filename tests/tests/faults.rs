@@ -8,15 +8,8 @@ use integration_tests::{
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Fast fault-tolerance settings so outages play out in seconds.
-const FAST: &[(&str, &str)] = &[
-    ("RETRY_DELAY", "100ms"),
-    ("MAX_RETRIES", "3"),
-    ("CIRCUIT_BREAKER_THRESHOLD", "3"),
-    ("CIRCUIT_BREAKER_TIMEOUT", "2s"),
-    ("HEALTH_CHECK_INTERVAL", "300ms"),
-    ("WRITE_TIMEOUT", "2s"),
-];
+/// Outages play out in seconds.
+const FAST: &[(&str, &str)] = integration_tests::FAST_FAULTS;
 
 fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
     let mut v = FAST.to_vec();

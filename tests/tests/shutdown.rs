@@ -14,15 +14,8 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Outages play out in seconds (as in `faults.rs`).
-const FAST: &[(&str, &str)] = &[
-    ("RETRY_DELAY", "100ms"),
-    ("MAX_RETRIES", "3"),
-    ("CIRCUIT_BREAKER_THRESHOLD", "3"),
-    ("CIRCUIT_BREAKER_TIMEOUT", "2s"),
-    ("HEALTH_CHECK_INTERVAL", "300ms"),
-    ("WRITE_TIMEOUT", "2s"),
-];
+/// Outages play out in seconds.
+const FAST: &[(&str, &str)] = integration_tests::FAST_FAULTS;
 
 /// `GET path` over a connection of its own (a client without a pool), so an answer proves
 /// the listener still accepts. Panics when the request fails (connection refused...).
