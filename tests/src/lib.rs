@@ -32,6 +32,7 @@ pub mod pki;
 pub mod postgres;
 pub mod publish;
 pub mod secure;
+pub mod sidecar;
 pub mod util;
 
 pub use aggregator::{Aggregator, FAST_FAULTS};
@@ -46,6 +47,7 @@ pub use publish::{
     run_publisher_at, run_publisher_with,
 };
 pub use secure::{AuthMode, Security};
+pub use sidecar::Sidecar;
 pub use util::{
     assert_consistent, assert_counts, count, create_stream, eventually, file_tail, free_port, int,
     metric_sum, strip_ansi, wait_compacted, TempDir,

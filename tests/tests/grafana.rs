@@ -5,10 +5,9 @@
 //! NATS's exporter (`prometheus-nats-exporter`) has no Debian package, so its names are
 //! checked against the list below, taken from its documentation.
 
-use integration_tests::{eventually, free_port, workspace_root, Aggregator, TempDir, TestEnv};
+use integration_tests::{eventually, workspace_root, Aggregator, Sidecar, TestEnv};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Metrics of `prometheus-nats-exporter -varz -connz -jsz=all` (default prefix `gnatsd`),
@@ -29,22 +28,18 @@ const NATS_EXPORTER: &[&str] = &[
 /// Series Prometheus makes itself for every target.
 const PROMETHEUS: &[&str] = &["up"];
 
-/// PromQL words that are not metric names.
-const KEYWORDS: &[&str] = &[
+/// PromQL's grouping and matching clauses: each takes a parenthesised label list.
+const CLAUSES: &[&str] = &[
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
-    "offset",
-    "bool",
-    "and",
-    "or",
-    "unless",
-    "inf",
-    "nan",
 ];
+
+/// Other PromQL words that are not metric names.
+const KEYWORDS: &[&str] = &["offset", "bool", "and", "or", "unless", "inf", "nan"];
 
 fn dashboard() -> Value {
     let path = workspace_root().join("deploy/grafana/dashboards/aggregator.json");
@@ -86,14 +81,7 @@ fn strip(text: &str, open: char, close: char) -> String {
 /// string.
 fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut text = strip(&strip(&strip(expr, '"', '"'), '{', '}'), '[', ']');
-    for clause in [
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-    ] {
+    for clause in CLAUSES {
         while let Some(at) = find_word(&text, clause) {
             let after = &text[at + clause.len()..];
             // The clause and its `(label, ...)` list; a bare word (no list) goes alone.
@@ -123,7 +111,11 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             let word: String = chars[start..i].iter().collect();
             let next = chars[i..].iter().find(|c| !c.is_whitespace());
             let preceded_by_digit = start > 0 && chars[start - 1].is_ascii_digit();
-            if next != Some(&'(') && !KEYWORDS.contains(&word.as_str()) && !preceded_by_digit {
+            if next != Some(&'(')
+                && !KEYWORDS.contains(&word.as_str())
+                && !CLAUSES.contains(&word.as_str())
+                && !preceded_by_digit
+            {
                 names.insert(word);
             }
         } else {
@@ -169,46 +161,22 @@ fn promql_names_are_extracted() {
     assert_eq!(names("max by (state) (x)"), ["x"]);
 }
 
-struct Exporter {
-    child: std::process::Child,
-    url: String,
-    _dir: TempDir,
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_postgres_exporter(database_url: &str) -> Exporter {
+/// Debian's `prometheus-postgres-exporter` on `database_url`.
+fn start_postgres_exporter(database_url: &str) -> Sidecar {
     let binary = "/usr/bin/prometheus-postgres-exporter";
     assert!(
         std::path::Path::new(binary).exists(),
         "{binary} is missing: run scripts/install-deps.sh --test (Debian package \
          prometheus-postgres-exporter)"
     );
-    let dir = TempDir::new("pg-exporter");
-    let port = free_port();
-    let log = std::fs::File::create(dir.path().join("exporter.log")).unwrap();
     let sep = if database_url.contains('?') { '&' } else { '?' };
-    let child = Command::new(binary)
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .env(
-            "DATA_SOURCE_NAME",
-            format!("{database_url}{sep}sslmode=disable"),
-        )
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus-postgres-exporter");
-    Exporter {
-        child,
-        url: format!("http://127.0.0.1:{port}/metrics"),
-        _dir: dir,
-    }
+    Sidecar::start("pg-exporter", binary, |cmd, _dir, port| {
+        cmd.arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .env(
+                "DATA_SOURCE_NAME",
+                format!("{database_url}{sep}sslmode=disable"),
+            );
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,7 +236,11 @@ async fn every_dashboard_query_names_a_metric_that_exists() {
     let exporter = start_postgres_exporter(&env.database_url());
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let scrape = || async {
-        let resp = http.get(&exporter.url).send().await.ok()?;
+        let resp = http
+            .get(format!("{}/metrics", exporter.base_url()))
+            .send()
+            .await
+            .ok()?;
         resp.text().await.ok()
     };
     eventually(

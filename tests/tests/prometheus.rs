@@ -2,7 +2,7 @@
 //! and WAL series with the values /stats reports, the breaker as one series per state, the
 //! build info and the requests by route.
 
-use integration_tests::{eventually, free_port, run_publisher, Aggregator, TempDir, TestEnv};
+use integration_tests::{eventually, run_publisher, Aggregator, Sidecar, TestEnv};
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -22,48 +22,25 @@ fn prometheus_binary() -> String {
     panic!("prometheus is not installed: run scripts/install-deps.sh (Debian package prometheus)");
 }
 
-struct Prometheus {
-    child: std::process::Child,
-    url: String,
-    _dir: TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_prometheus(target: &str) -> Prometheus {
-    let dir = TempDir::new("prometheus");
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: aggregator\n    \
-             metrics_path: /metrics\n    static_configs:\n      - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let child = Command::new(prometheus_binary())
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus");
-    Prometheus {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    }
+/// A private Prometheus scraping `target` every second.
+fn start_prometheus(target: &str) -> Sidecar {
+    Sidecar::start("prometheus", &prometheus_binary(), |cmd, dir, port| {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: aggregator\n    \
+                 metrics_path: /metrics\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+    })
 }
 
 /// The single value of an instant query, if Prometheus has one.
@@ -159,14 +136,14 @@ async fn prometheus_scrapes_the_dedup_and_wal_series_that_stats_reports() {
         || async {
             let mut all = true;
             for (q, want) in &expect {
-                all &= query(&http, &prom.url, q).await == Some(*want);
+                all &= query(&http, &prom.base_url(), q).await == Some(*want);
             }
             all
         },
     )
     .await;
     // Build info: its labels are the version and the commit of the build.
-    let build = series(&http, &prom.url, "aggregator_build_info").await;
+    let build = series(&http, &prom.base_url(), "aggregator_build_info").await;
     assert_eq!(build.len(), 1, "{build:?}");
     assert_eq!(build[0]["version"], env!("CARGO_PKG_VERSION"), "{build:?}");
     // A commit of this repository (not necessarily HEAD: a commit that changed no source
@@ -194,7 +171,7 @@ async fn prometheus_scrapes_the_dedup_and_wal_series_that_stats_reports() {
             t["topic"].as_str().unwrap()
         );
         assert_eq!(
-            query(&http, &prom.url, &q).await,
+            query(&http, &prom.base_url(), &q).await,
             t["received"].as_f64(),
             "{q}"
         );
