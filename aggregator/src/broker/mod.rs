@@ -130,40 +130,59 @@ pub async fn ensure_stream(
     config: &BrokerSettings,
 ) -> anyhow::Result<(stream::Stream, Option<String>)> {
     let js = jetstream::new(client.clone());
-    let mut last_err = None;
-    for attempt in 0..5u32 {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-        }
+    retry_creation_race(|| async {
         // A create racing another replica's fails (the configurations differ in their
         // identity): the next get finds the winner's stream.
         let wanted = stamped(client, stream_config(config), &new_token());
-        match js.get_or_create_stream(wanted).await {
-            Ok(stream) => {
-                let identity = identity_of(&stream.cached_info().config);
-                return Ok((stream, identity));
-            }
-            Err(e) => {
-                // JetStream reserves a stream's max_bytes up front: a small disk (or a low
-                // max_file_store) refuses the default limit; say which setting to change.
-                let hint = if e.to_string().contains("insufficient storage") {
-                    format!(
-                        " (the server cannot reserve STREAM_MAX_BYTES = {} bytes of JetStream \
-                         storage: lower STREAM_MAX_BYTES or give the server more, \
-                         jetstream.max_file_store)",
-                        config.stream_max_bytes
-                    )
-                } else {
-                    String::new()
-                };
-                last_err = Some(anyhow::Error::new(e).context(format!(
-                    "getting or creating stream {}{hint}",
-                    config.stream_name
-                )))
-            }
+        let stream = js
+            .get_or_create_stream(wanted)
+            .await
+            .map_err(|e| stream_error(e, config))?;
+        let identity = identity_of(&stream.cached_info().config);
+        Ok((stream, identity))
+    })
+    .await
+}
+
+/// A failed get-or-create of the stream, with what to change when the server cannot reserve
+/// its size: JetStream reserves `max_bytes` up front, and a small disk (or a low
+/// `max_file_store`) refuses the default.
+fn stream_error(
+    e: impl std::error::Error + Send + Sync + 'static,
+    config: &BrokerSettings,
+) -> anyhow::Error {
+    let hint = if e.to_string().contains("insufficient storage") {
+        format!(
+            " (the server cannot reserve STREAM_MAX_BYTES = {} bytes of JetStream storage: \
+             lower STREAM_MAX_BYTES or give the server more, jetstream.max_file_store)",
+            config.stream_max_bytes
+        )
+    } else {
+        String::new()
+    };
+    anyhow::Error::new(e).context(format!(
+        "getting or creating stream {}{hint}",
+        config.stream_name
+    ))
+}
+
+/// Runs a get-or-create up to five times, 100 ms longer apart each time: one that lost a
+/// creation race to another replica finds the winner's on the next try. The last error when
+/// none succeeded.
+async fn retry_creation_race<T, F, Fut>(mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut last = attempt().await;
+    for n in 1..5u64 {
+        if last.is_ok() {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(100 * n)).await;
+        last = attempt().await;
     }
-    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("JetStream set-up failed")))
+    last
 }
 
 /// Gives an existing stream without an identity one (a stream created by an operator, or by
@@ -200,25 +219,13 @@ pub async fn ensure_consumer(
     stream: &stream::Stream,
     config: &BrokerSettings,
 ) -> anyhow::Result<consumer::PullConsumer> {
-    let mut last_err = None;
-    for attempt in 0..5u32 {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-        }
-        match stream
+    retry_creation_race(|| async {
+        stream
             .get_or_create_consumer(&config.consumer_name, consumer_config(config))
             .await
-        {
-            Ok(c) => return Ok(c),
-            Err(e) => {
-                last_err = Some(anyhow::Error::new(e).context(format!(
-                    "getting or creating consumer {}",
-                    config.consumer_name
-                )))
-            }
-        }
-    }
-    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("JetStream set-up failed")))
+            .with_context(|| format!("getting or creating consumer {}", config.consumer_name))
+    })
+    .await
 }
 
 /// How many sequences from `first` on (up to `last`) the incarnation `identity` of stream
