@@ -31,6 +31,10 @@ pub async fn subscribe(
         .created
         .unix_timestamp_nanos()
         .to_string();
+    let js = async_nats::jetstream::new(client.clone());
+    // One lock scope for everything replicas must not interleave: the identity, its
+    // registration, and bringing an existing stream and consumer to the settings (they keep
+    // the configuration they were created with otherwise).
     let record = store
         .with_setup_lock(|| async {
             let (identity, adopt) = match identity {
@@ -43,26 +47,22 @@ pub async fn subscribe(
             let record = store
                 .register_stream(&cfg.stream_name, &identity, adopt)
                 .await?;
-            Ok((identity, record))
+            let last_seq =
+                i64::try_from(stream.info().await?.state.last_sequence).unwrap_or(i64::MAX);
+            anyhow::ensure!(
+                last_seq >= record.highest_seq,
+                "stream {} ends at sequence {last_seq}, but sequences up to {} were already \
+                 processed under its identity {identity}: it was re-created with a copied \
+                 identity (or lost messages), and its new messages would be taken as counted. \
+                 Remove the metadata key (or description tag) {} from the stream to give it a \
+                 new identity.",
+                cfg.stream_name,
+                record.highest_seq,
+                broker::IDENTITY_KEY,
+            );
+            broker::reconcile::reconcile(&js, cfg).await?;
+            Ok(record)
         })
-        .await;
-    let (identity, record) = record?;
-    let last_seq = i64::try_from(stream.info().await?.state.last_sequence).unwrap_or(i64::MAX);
-    anyhow::ensure!(
-        last_seq >= record.highest_seq,
-        "stream {} ends at sequence {last_seq}, but sequences up to {} were already processed \
-         under its identity {identity}: it was re-created with a copied identity (or lost \
-         messages), and its new messages would be taken as counted. Remove the metadata key \
-         (or description tag) {} from the stream to give it a new identity.",
-        cfg.stream_name,
-        record.highest_seq,
-        broker::IDENTITY_KEY,
-    );
-    // An existing stream and consumer keep the configuration they were created with: bring
-    // them to the settings, one replica at a time.
-    let js = async_nats::jetstream::new(client.clone());
-    store
-        .with_setup_lock(|| broker::reconcile::reconcile(&js, cfg))
         .await?;
     let consumer = broker::ensure_consumer(&stream, cfg).await?;
     Ok(Subscription {
