@@ -15,17 +15,22 @@
 #                `sync_interval: always`, side by side (README "Guarantees")
 # It prints a table and writes the same figures as JSON.
 #
-#   scripts/bench.sh [--events N] [--json PATH]
+#   scripts/bench.sh [--events N] [--runs R] [--json PATH]
+#       --runs R repeats 1 and 2 R times (each on an empty database and stream of its own) and
+#       reports the median and the spread (min-max) of the ratio; every run prints the
+#       CPU-seconds per 100,000 events each program spent draining (the median is in the table)
+#   scripts/bench.sh --drain-only [--runs R] [--events N]   # only 1 and 2 (quick iterations)
 #   scripts/bench.sh --replicas [--events N]   # drain with 1 and with 2 aggregator replicas
 #   scripts/bench.sh --publish [--publish-events N]   # only 7, table + JSON
 #
 # synchronous_commit stays on and the WAL is fsynced: durability is not traded for speed.
 set -euo pipefail
+trap 'echo "bench.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 source scripts/lib/stack.sh
 
 N=300000 JSON=bench-results/bench.json LIVE_N=300000 LAG_N=50000 WAL_N=100000 BASE_SECS=20
-PUBLISH_N=50000 REPLICAS_ONLY=0 PUBLISH_ONLY=0
+PUBLISH_N=50000 REPLICAS_ONLY=0 PUBLISH_ONLY=0 RUNS=1 DRAIN_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --replicas) REPLICAS_ONLY=1; shift ;;
@@ -33,6 +38,8 @@ while [ $# -gt 0 ]; do
     --publish-events) PUBLISH_N=$2; shift 2 ;;
     --events) N=$2; LIVE_N=$2; shift 2 ;;
     --json) JSON=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    --drain-only) DRAIN_ONLY=1; shift ;;
     --wal-events) WAL_N=$2; shift 2 ;;
     --baseline-seconds) BASE_SECS=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -137,30 +144,86 @@ if [ "$REPLICAS_ONLY" = 1 ]; then
   exit 0
 fi
 
-echo "== drain: $N events pre-loaded (30% duplicates, 10 topics)" >&2
-# Start once to create database, stream and consumer; stop; pre-load; start and time.
-agg_up "$AGG" "${AGG_ENV[@]}"
-kill -TERM "$AGG_PID"; wait "$AGG_PID" || true
-publish --count "$N" --seed 1 >"$DIR/preload.json"
-t0=$(now)
-agg_up "$AGG" "${AGG_ENV[@]}"
-wait_received "$N"
-t1=$(now)
-DRAIN_S=$(elapsed "$t0" "$t1"); DRAIN_RATE=$(rate "$N" "$DRAIN_S")
-UNIQUE=$("${PSQL[@]}" -c "SELECT count(*) FROM events")
-echo "   drained $N ($UNIQUE unique) in ${DRAIN_S}s = $DRAIN_RATE events/s" >&2
+# --- CPU accounting ---------------------------------------------------------------------------
+# cpu_ticks PID: clock ticks of CPU the process has used, with its threads, its live children
+# and the children it has reaped (Postgres runs one process per connection, the postmaster
+# reaps them), read from /proc. Differences of it give each program's CPU for a phase.
+cpu_ticks() {
+  { cat "/proc/$1/stat"; for c in $(pgrep -P "$1"); do cat "/proc/$c/stat" 2>/dev/null; done; } |
+    awk '{ sub(/^.*\) /, ""); t += $12 + $13; if (NR == 1) t += $14 + $15 } END { print t + 0 }'
+}
+TCK=$(getconf CLK_TCK)
+# cpu_per_100k TICKS EVENTS: CPU-seconds per 100,000 events.
+cpu_per_100k() { printf '%.2f' "$(echo "$1 / $TCK * 100000 / $2" | bc -l)"; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+spread() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'; }
 
-echo "== limit: COPY of the same $UNIQUE unique rows into a table identical to events" >&2
-"${PSQL[@]}" -c "COPY (SELECT topic, event_id, ts, source, payload FROM events) TO STDOUT" >"$DIR/rows.tsv"
-"${PSQL[@]}" -c "CREATE TABLE events_copy (LIKE events INCLUDING ALL)"
-t0=$(now)
-"${PSQL[@]}" -c "\\copy events_copy (topic, event_id, ts, source, payload) FROM '$DIR/rows.tsv'"
-t1=$(now)
-COPY_S=$(elapsed "$t0" "$t1"); COPY_RATE=$(rate "$UNIQUE" "$COPY_S")
-# The drain stores UNIQUE rows but counts N messages; compare time for the same rows.
-RATIO=$(printf '%.2f' "$(echo "$COPY_S / $DRAIN_S" | bc -l)")
-echo "   COPY $UNIQUE rows in ${COPY_S}s = $COPY_RATE rows/s; ratio copy/drain = $RATIO" >&2
-"${PSQL[@]}" -c "DROP TABLE events_copy"
+# drain_run I: one repetition of 1 and 2, on a database, stream and subject prefix of its own
+# (so every run starts empty and the same): sets DRAIN_S, DRAIN_RATE, UNIQUE, COPY_S,
+# COPY_RATE, RATIO and the CPU ticks of each program for the drain (and Postgres for COPY).
+drain_run() {
+  local i=$1 run_env t0 t1 pg0 nats0
+  run_env=(STREAM_NAME="DRAIN$i" SUBJECT_PREFIX="drain$i"
+           DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/drain_$i")
+  # Start once to create database, stream and consumer; stop; pre-load; start and time.
+  HTTP_PORT=$(free_port) agg_up "$AGG" "${AGG_ENV[@]}" "${run_env[@]}"
+  kill -TERM "$AGG_PID"; wait "$AGG_PID" || true
+  publish --subject-prefix "drain$i" --count "$N" --seed 1 >"$DIR/preload.json"
+  pg0=$(cpu_ticks "$(pg_pid)"); nats0=$(cpu_ticks "$NATS_PID")
+  t0=$(now)
+  HTTP_PORT=$(free_port) WAL_PATH="$DIR/wal-drain$i" agg_up "$AGG" "${AGG_ENV[@]}" "${run_env[@]}"
+  wait_received "$N"
+  t1=$(now)
+  AGG_TICKS=$(cpu_ticks "$AGG_PID")
+  PG_TICKS=$(( $(cpu_ticks "$(pg_pid)") - pg0 )); NATS_TICKS=$(( $(cpu_ticks "$NATS_PID") - nats0 ))
+  kill -TERM "$AGG_PID"; wait "$AGG_PID" || true; AGG_PID=""
+  DRAIN_S=$(elapsed "$t0" "$t1"); DRAIN_RATE=$(rate "$N" "$DRAIN_S")
+  local db=("${PSQL[@]/%aggregator/drain_$i}")
+  UNIQUE=$("${db[@]}" -c "SELECT count(*) FROM events")
+  "${db[@]}" -c "COPY (SELECT topic, event_id, ts, source, payload FROM events) TO STDOUT" >"$DIR/rows.tsv"
+  "${db[@]}" -c "CREATE TABLE events_copy (LIKE events INCLUDING ALL)"
+  pg0=$(cpu_ticks "$(pg_pid)")
+  t0=$(now)
+  "${db[@]}" -c "\\copy events_copy (topic, event_id, ts, source, payload) FROM '$DIR/rows.tsv'"
+  t1=$(now)
+  sleep 0.5 # psql's backend has exited: let the postmaster reap it (its CPU is then counted)
+  COPY_TICKS=$(( $(cpu_ticks "$(pg_pid)") - pg0 ))
+  COPY_S=$(elapsed "$t0" "$t1"); COPY_RATE=$(rate "$UNIQUE" "$COPY_S")
+  # The drain stores UNIQUE rows but counts N messages; compare time for the same rows.
+  RATIO=$(printf '%.2f' "$(echo "$COPY_S / $DRAIN_S" | bc -l)")
+  "${PSQL[@]/%aggregator/postgres}" -c "DROP DATABASE drain_$i"
+  rm -f "$DIR/rows.tsv"
+  echo "   run $i: drained $N ($UNIQUE unique) in ${DRAIN_S}s = $DRAIN_RATE events/s;" \
+    "COPY ${COPY_S}s = $COPY_RATE rows/s; ratio $RATIO;" \
+    "CPU-s/100k events: postgres $(cpu_per_100k "$PG_TICKS" "$N")," \
+    "nats $(cpu_per_100k "$NATS_TICKS" "$N"), aggregator $(cpu_per_100k "$AGG_TICKS" "$N");" \
+    "COPY postgres $(cpu_per_100k "$COPY_TICKS" "$UNIQUE")/100k rows" >&2
+  printf '%s %s %s %s %s %s %s %s\n' "$RATIO" "$DRAIN_RATE" "$COPY_RATE" "$PG_TICKS" \
+    "$NATS_TICKS" "$AGG_TICKS" "$COPY_TICKS" "$UNIQUE" >>"$DIR/runs.txt"
+}
+
+echo "== drain vs COPY: $N events pre-loaded (30% duplicates, 10 topics), $RUNS run(s)" >&2
+: >"$DIR/runs.txt"
+for i in $(seq "$RUNS"); do drain_run "$i"; done
+col() { awk -v c="$1" '{ print $c }' "$DIR/runs.txt"; }
+RATIO=$(col 1 | median); RATIO_SPREAD=$(col 1 | spread)
+DRAIN_RATE=$(col 2 | median | xargs printf '%.0f'); COPY_RATE=$(col 3 | median | xargs printf '%.0f')
+UNIQUE=$(col 8 | head -1)
+CPU_PG=$(cpu_per_100k "$(col 4 | median)" "$N"); CPU_NATS=$(cpu_per_100k "$(col 5 | median)" "$N")
+CPU_AGG=$(cpu_per_100k "$(col 6 | median)" "$N"); CPU_COPY=$(cpu_per_100k "$(col 7 | median)" "$UNIQUE")
+echo "   median of $RUNS: ratio $RATIO ($RATIO_SPREAD), drain $DRAIN_RATE events/s, COPY $COPY_RATE rows/s" >&2
+
+if [ "$DRAIN_ONLY" = 1 ]; then
+  printf '\n%-44s %14s\n' "measure (median of $RUNS)" "figure"
+  printf '%-44s %14s\n' "COPY limit (rows/s)" "$COPY_RATE" "drain $N events (events/s)" "$DRAIN_RATE" \
+    "ratio copy s / drain s" "$RATIO" "ratio spread (min-max)" "$RATIO_SPREAD" \
+    "drain CPU-s/100k events: Postgres" "$CPU_PG" "drain CPU-s/100k events: nats-server" "$CPU_NATS" \
+    "drain CPU-s/100k events: aggregator" "$CPU_AGG" "COPY CPU-s/100k rows: Postgres" "$CPU_COPY"
+  exit 0
+fi
+
+# The live, lag, RSS and WAL phases run on a fresh aggregator of the default database.
+agg_up "$AGG" "${AGG_ENV[@]}"
 
 echo "== live: publisher at full speed alongside the aggregator ($LIVE_N events)" >&2
 before=$(stats_num received)
@@ -243,8 +306,11 @@ publish_figures
 
 cat >"$JSON" <<EOF
 {"events": $N, "unique": $UNIQUE,
- "copy_seconds": $COPY_S, "copy_rows_per_s": $COPY_RATE,
- "drain_seconds": $DRAIN_S, "drain_events_per_s": $DRAIN_RATE, "copy_over_drain_ratio": $RATIO,
+ "copy_rows_per_s": $COPY_RATE,
+ "runs": $RUNS, "drain_events_per_s": $DRAIN_RATE, "copy_over_drain_ratio": $RATIO,
+ "copy_over_drain_ratio_spread": "$RATIO_SPREAD",
+ "cpu_s_per_100k_events": {"postgres": $CPU_PG, "nats_server": $CPU_NATS, "aggregator": $CPU_AGG},
+ "copy_postgres_cpu_s_per_100k_rows": $CPU_COPY,
  "live_events": $LIVE_N, "live_events_per_s": $LIVE_RATE, "publisher_alone_events_per_s": $PUB_RATE,
  "lag_rate_events_per_s": 5000, "lag_p50_ms": $LAG_P50, "lag_p99_ms": $LAG_P99, "lag_max_ms": $LAG_MAX,
  "baseline_events_per_s": $BASE_RATE, "multiple_of_baseline": $MULTIPLE,
@@ -256,7 +322,12 @@ EOF
 printf '\n%-44s %14s %10s\n' "measure" "figure" "target"
 printf '%-44s %14s %10s\n' "COPY limit (rows/s)" "$COPY_RATE" ""
 printf '%-44s %14s %10s\n' "drain $N events (events/s)" "$DRAIN_RATE" ""
-printf '%-44s %14s %10s\n' "ratio copy s / drain s" "$RATIO" ">= 0.6"
+printf '%-44s %14s %10s\n' "ratio copy s / drain s (median of $RUNS)" "$RATIO" ">= 0.6"
+printf '%-44s %14s %10s\n' "ratio spread (min-max)" "$RATIO_SPREAD" ""
+printf '%-44s %14s %10s\n' "drain CPU-s/100k events: Postgres" "$CPU_PG" ""
+printf '%-44s %14s %10s\n' "drain CPU-s/100k events: nats-server" "$CPU_NATS" ""
+printf '%-44s %14s %10s\n' "drain CPU-s/100k events: aggregator" "$CPU_AGG" ""
+printf '%-44s %14s %10s\n' "COPY CPU-s/100k rows: Postgres" "$CPU_COPY" ""
 printf '%-44s %14s %10s\n' "earlier design baseline (events/s)" "$BASE_RATE" ""
 printf '%-44s %14s %10s\n' "multiple of baseline" "${MULTIPLE}x" ">= 25x"
 printf '%-44s %14s %10s\n' "live, publisher at full speed (events/s)" "$LIVE_RATE" ">= 30000"
