@@ -101,14 +101,13 @@ impl BatchOutcome {
 /// `source` (columns `stream_id`, `seq`) in `processed_messages` and returns those recorded
 /// now, which are the ones to count. A message may be counted when its sequence is above
 /// its stream's floor, or at or below it in a range that was skipped without being
-/// processed. An unknown stream (no `s` row) is let through to the insert, where its
-/// foreign key makes the write fail.
+/// processed. Every stream id is known: [`write_batch`] checked them first.
 fn fresh_cte(source: &str) -> String {
     format!(
         r#"fresh AS (
     INSERT INTO processed_messages (stream_id, stream_seq)
-    SELECT b.stream_id, b.seq FROM {source} b LEFT JOIN streams s ON s.id = b.stream_id
-    WHERE s.id IS NULL OR b.seq > s.floor_seq OR EXISTS (
+    SELECT b.stream_id, b.seq FROM {source} b JOIN streams s ON s.id = b.stream_id
+    WHERE b.seq > s.floor_seq OR EXISTS (
         SELECT 1 FROM skipped_ranges k
         WHERE k.stream_id = b.stream_id AND b.seq BETWEEN k.first_seq AND k.last_seq)
     ORDER BY b.stream_id, b.seq
@@ -206,44 +205,32 @@ async fn write_batch(
     records: &[Record],
     dead: &[DeadLetter],
 ) -> Result<BatchOutcome, WriteError> {
-    match write_batch_tx(pool, shard, records, dead).await {
-        Err(sqlx::Error::Database(e)) if e.constraint() == Some(STREAM_FK) => {
-            let ids: Vec<i32> = records
-                .iter()
-                .map(|r| r.stream_id)
-                .chain(dead.iter().map(|d| d.stream_id))
-                .collect();
-            let unknown: Vec<i32> = sqlx::query_scalar(
-                "SELECT DISTINCT x FROM unnest($1::int[]) x
-                 WHERE NOT EXISTS (SELECT 1 FROM streams WHERE id = x) ORDER BY x",
-            )
-            .bind(&ids)
-            .fetch_all(pool)
-            .await?;
-            Err(WriteError::UnknownStreams(unknown))
-        }
-        other => other.map_err(WriteError::Db),
-    }
-}
-
-/// The foreign key that rejects a processed record of an unknown stream.
-const STREAM_FK: &str = "processed_messages_stream_id_fkey";
-
-async fn write_batch_tx(
-    pool: &PgPool,
-    shard: i16,
-    records: &[Record],
-    dead: &[DeadLetter],
-) -> sqlx::Result<BatchOutcome> {
     let mut outcome = BatchOutcome::default();
     if records.is_empty() && dead.is_empty() {
         return Ok(outcome);
     }
+    let mut stream_ids: Vec<i32> = records
+        .iter()
+        .map(|r| r.stream_id)
+        .chain(dead.iter().map(|d| d.stream_id))
+        .collect();
+    stream_ids.sort_unstable();
+    stream_ids.dedup();
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-        .bind(COMPACTION_LOCK)
-        .execute(&mut *tx)
-        .await?;
+    // One round trip: the compaction lock (shared), and the batch's stream ids this database
+    // does not know (stream rows are never deleted, so a check at the start holds to the end).
+    let unknown: Vec<i32> = sqlx::query_scalar(
+        "SELECT array(SELECT x FROM unnest($2::int[]) x
+                      WHERE NOT EXISTS (SELECT 1 FROM streams WHERE id = x) ORDER BY x)
+         FROM pg_advisory_xact_lock_shared($1)",
+    )
+    .bind(COMPACTION_LOCK)
+    .bind(&stream_ids)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !unknown.is_empty() {
+        return Err(WriteError::UnknownStreams(unknown));
+    }
     if !records.is_empty() {
         let topics = insert_events(&mut tx, shard, records).await?;
         outcome.received = topics.iter().map(|t| t.received).sum();
