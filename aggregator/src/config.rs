@@ -255,9 +255,15 @@ pub struct Config {
     #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub http_max_connections: u32,
 
-    /// POST /publish requests handled at once; more get 503 + Retry-After.
+    /// POST /publish requests handled at once; more wait for a slot (PUBLISH_QUEUE_TIMEOUT).
     #[arg(long, env = "MAX_CONCURRENT_PUBLISH", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrent_publish: u32,
+
+    /// Longest a POST /publish request waits for a slot when MAX_CONCURRENT_PUBLISH are in
+    /// progress (at most 4 x MAX_CONCURRENT_PUBLISH wait); then, or beyond that queue, 503 +
+    /// Retry-After. 0 sheds at once. Shorter than REQUEST_TIMEOUT.
+    #[arg(long, env = "PUBLISH_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub publish_queue_timeout: Duration,
 
     /// Connections of the pool the API's reads (/events, /dead-letters, /stats) use, apart
     /// from the batch writers' pool.
@@ -296,6 +302,14 @@ impl Config {
     /// Checks what no single value can: a bad combination names the variable to change.
     pub fn validate(&self) -> Result<(), String> {
         self.nats.check(&self.nats_url)?;
+        if self.publish_queue_timeout >= self.request_timeout {
+            return Err(format!(
+                "PUBLISH_QUEUE_TIMEOUT ({:?}) must be shorter than REQUEST_TIMEOUT ({:?}): a \
+                 request waiting for a publish slot would get 408 instead of 503 + Retry-After; \
+                 lower PUBLISH_QUEUE_TIMEOUT or raise REQUEST_TIMEOUT",
+                self.publish_queue_timeout, self.request_timeout
+            ));
+        }
         let batch_bytes = u64::from(self.batch_size)
             .saturating_mul(u64::from(self.max_payload_bytes) + WAL_ENTRY_OVERHEAD);
         if self.wal_max_size < batch_bytes {
@@ -575,6 +589,37 @@ mod tests {
         assert!(err.to_string().contains("SHUTDOWN_TIMEOUT"), "{err}");
         let err = Cli::try_parse_args_from(["aggregator", "--max-retries", "0"]).unwrap_err();
         assert!(err.to_string().contains("MAX_RETRIES"), "{err}");
+    }
+
+    #[test]
+    fn the_publish_queue_timeout_is_shorter_than_the_request_timeout() {
+        let config = |args: &[&str]| {
+            let mut all = vec!["aggregator"];
+            all.extend_from_slice(args);
+            Cli::try_parse_args_from(all).unwrap().config
+        };
+        let c = config(&[]);
+        assert_eq!(c.publish_queue_timeout, Duration::from_secs(1));
+        c.validate().unwrap();
+        let c = config(&["--publish-queue-timeout", "0"]);
+        assert_eq!(c.publish_queue_timeout, Duration::ZERO);
+        c.validate().unwrap();
+        config(&["--publish-queue-timeout", "29s"])
+            .validate()
+            .unwrap();
+        for args in [
+            &["--publish-queue-timeout", "30s"][..],
+            &["--publish-queue-timeout", "2s", "--request-timeout", "1s"][..],
+        ] {
+            let err = config(args).validate().unwrap_err();
+            assert!(
+                err.starts_with("PUBLISH_QUEUE_TIMEOUT") && err.contains("REQUEST_TIMEOUT"),
+                "{args:?}: {err}"
+            );
+        }
+        let err = Cli::try_parse_args_from(["aggregator", "--publish-queue-timeout", "soon"])
+            .unwrap_err();
+        assert!(err.to_string().contains("PUBLISH_QUEUE_TIMEOUT"), "{err}");
     }
 
     #[test]

@@ -128,6 +128,8 @@ pub struct ApiSettings {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
     pub max_concurrent_publish: usize,
+    /// Longest wait of a `POST /publish` for a slot; zero sheds at once.
+    pub publish_queue_timeout: Duration,
     pub api_token: Option<String>,
     pub api_read_token: Option<String>,
     pub metrics_max_topics: usize,
@@ -256,6 +258,7 @@ impl ApiSettings {
             header_read_timeout: c.http_header_timeout,
             max_connections: c.http_max_connections as usize,
             max_concurrent_publish: c.max_concurrent_publish as usize,
+            publish_queue_timeout: c.publish_queue_timeout,
             api_token: c.api_token.clone(),
             api_read_token: c.api_read_token.clone(),
             metrics_max_topics: c.metrics_max_topics as usize,

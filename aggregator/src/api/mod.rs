@@ -2,7 +2,7 @@
 //!
 //! | route | module |
 //! |---|---|
-//! | `POST /publish` | [`publish`] (bearer token when `API_TOKEN` is set: [`auth`]) |
+//! | `POST /publish` | [`publish`] (bearer token when `API_TOKEN` is set: [`auth`]; a slot from [`admission`]) |
 //! | `GET /events` | [`events`] (bearer token when `API_READ_TOKEN` is set) |
 //! | `GET /dead-letters` | [`dead_letters`] (bearer token when `API_READ_TOKEN` or `API_TOKEN` is set) |
 //! | `GET /stats` | [`stats`] (bearer token when `API_READ_TOKEN` is set) |
@@ -14,6 +14,7 @@
 //! span with method, path, status and latency, and is counted and timed by route template
 //! ([`http_metrics`]).
 
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod dashboard;

@@ -13,6 +13,7 @@
 //! ([`idempotency`]). Without it, a retried request that had partly succeeded re-publishes
 //! those events; they are then counted as duplicates, never stored twice.
 
+use super::admission::Refusal;
 use super::idempotency;
 use super::state::{AppState, SharedState};
 use super::ApiError;
@@ -28,17 +29,30 @@ use shared::Event;
 use std::future::IntoFuture;
 
 /// Middleware in front of [`publish`], before the body is read: at most
-/// `MAX_CONCURRENT_PUBLISH` requests at once, the rest get 503 + Retry-After. Shedding load
-/// rather than queueing keeps memory bounded under a flood (each body may be 10 MiB).
+/// `MAX_CONCURRENT_PUBLISH` requests at once; a request finding every slot taken waits in a
+/// short queue for at most `PUBLISH_QUEUE_TIMEOUT` ([`super::admission`]), and beyond the queue or
+/// after the wait gets 503 + Retry-After. The bound on waiting keeps memory bounded under a
+/// flood (each body may be 10 MiB, and a waiting request has not read its body).
 pub async fn admit(
     State(state): State<SharedState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Result<axum::response::Response, ApiError> {
-    let Ok(_slot) = state.publish_slots.try_acquire() else {
-        return Err(ApiError::unavailable(
-            "too many publish requests in progress (MAX_CONCURRENT_PUBLISH); retry later",
-        ));
+    let _slot = match state.admission.admit().await {
+        Ok(slot) => slot,
+        Err(Refusal::Busy) => {
+            return Err(ApiError::unavailable(
+                "too many publish requests in progress (MAX_CONCURRENT_PUBLISH) and waiting \
+                 (PUBLISH_QUEUE_TIMEOUT); retry later",
+            ))
+        }
+        Err(Refusal::TimedOut) => {
+            return Err(ApiError::unavailable(format!(
+                "no publish slot (MAX_CONCURRENT_PUBLISH) freed within PUBLISH_QUEUE_TIMEOUT \
+                 ({:?}); retry later",
+                state.admission.timeout()
+            )))
+        }
     };
     Ok(next.run(request).await)
 }

@@ -30,8 +30,9 @@ pub struct AppState {
     pub buffered: BufferCount,
     /// The write guard (breaker, WAL), once start-up created it.
     pub guard: OnceLock<Arc<WriteGuard>>,
-    /// Admission control for `POST /publish` (`MAX_CONCURRENT_PUBLISH`).
-    pub publish_slots: tokio::sync::Semaphore,
+    /// Admission control for `POST /publish` (`MAX_CONCURRENT_PUBLISH`, a bounded wait of
+    /// `PUBLISH_QUEUE_TIMEOUT` for a slot).
+    pub admission: super::admission::Admission,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -45,7 +46,10 @@ impl AppState {
         shutdown: CancellationToken,
     ) -> SharedState {
         Arc::new(Self {
-            publish_slots: tokio::sync::Semaphore::new(settings.max_concurrent_publish),
+            admission: super::admission::Admission::new(
+                settings.max_concurrent_publish,
+                settings.publish_queue_timeout,
+            ),
             settings,
             broker,
             started: Instant::now(),

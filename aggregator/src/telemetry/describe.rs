@@ -41,6 +41,7 @@ const GAUGES: &[(&str, Unit, &str)] = &[
     (CONSUMER_PENDING, Unit::Count, "Messages of the stream the durable consumer has not delivered yet."),
     (WAL_RECORDS, Unit::Count, "Records in the WAL (appended, not yet replayed)."),
     (WAL_BYTES, Unit::Bytes, "Bytes in the WAL."),
+    (PUBLISH_QUEUED, Unit::Count, "POST /publish requests waiting for a slot (MAX_CONCURRENT_PUBLISH), at most PUBLISH_QUEUE_TIMEOUT each."),
     (BREAKER_STATE, Unit::Count, "Circuit breaker state: one series per state (closed, open, half_open), 1 for the current one, 0 for the others."),
     (BUILD_INFO, Unit::Count, "Always 1; labels: version of the aggregator, git_sha of its build (unknown without git)."),
 ];
@@ -109,7 +110,13 @@ pub fn describe_all() {
     for verdict in ["solo", "dead_letter"] {
         metrics::counter!(MAX_DELIVER_EXCEEDED, "verdict" => verdict).increment(0);
     }
-    for name in [BUFFER_SIZE, CONSUMER_PENDING, WAL_RECORDS, WAL_BYTES] {
+    for name in [
+        BUFFER_SIZE,
+        CONSUMER_PENDING,
+        WAL_RECORDS,
+        WAL_BYTES,
+        PUBLISH_QUEUED,
+    ] {
         // Registers at 0 without overwriting a value set earlier (the WAL's, at start-up).
         metrics::gauge!(name).increment(0.0);
     }

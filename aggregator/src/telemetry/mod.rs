@@ -104,6 +104,7 @@ pub mod names {
     pub const POISON_ISOLATED: &str = "aggregator_poison_messages_total";
     pub const MAX_DELIVER_EXCEEDED: &str = "aggregator_max_deliver_exceeded_total";
     pub const PUBLISHED: &str = "aggregator_http_published_events_total";
+    pub const PUBLISH_QUEUED: &str = "aggregator_http_publish_queued";
     pub const HTTP_REQUESTS: &str = "aggregator_http_requests_total";
     pub const HTTP_DURATION: &str = "aggregator_http_request_duration_seconds";
     pub const BUILD_INFO: &str = "aggregator_build_info";

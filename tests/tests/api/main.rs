@@ -5,6 +5,7 @@
 //!
 //! One module per endpoint; `common` holds the helpers they share.
 
+mod admission;
 mod auth;
 mod bounded;
 mod common;

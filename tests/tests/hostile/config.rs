@@ -24,6 +24,9 @@ async fn bad_configuration_exits_with_one_line_naming_the_variable() {
         ("MAX_PAYLOAD_BYTES", "lots"),
         ("ACK_WAIT", "-1s"),
         ("MAX_CONCURRENT_PUBLISH", "0"),
+        ("PUBLISH_QUEUE_TIMEOUT", "soon"),
+        // Not shorter than REQUEST_TIMEOUT (30s): a waiting request would get 408, not 503.
+        ("PUBLISH_QUEUE_TIMEOUT", "30s"),
         ("BATCH_SIZE", "1e3"),
         ("STREAM_NAME", "EVENTS.>"),
         ("SUBJECT_PREFIX", "events.>"),
@@ -114,6 +117,28 @@ async fn bad_configuration_exits_with_one_line_naming_the_variable() {
             error_lines[0]
         );
     }
+}
+
+/// A combination no single value shows: the error line names both variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_queue_timeout_not_shorter_than_the_request_timeout_names_both() {
+    let vars = [("PUBLISH_QUEUE_TIMEOUT", "5s"), ("REQUEST_TIMEOUT", "5s")];
+    let (status, _stdout, stderr) = run_aggregator_cmd(&[], &vars, Duration::from_secs(20)).await;
+    assert!(
+        !status.success() && status.code().is_some(),
+        "must exit non-zero by itself, got {status}\n{stderr}"
+    );
+    let error_lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.trim_start().to_ascii_lowercase().starts_with("error"))
+        .collect();
+    assert_eq!(error_lines.len(), 1, "one error line expected\n{stderr}");
+    assert!(
+        error_lines[0].contains("PUBLISH_QUEUE_TIMEOUT")
+            && error_lines[0].contains("REQUEST_TIMEOUT"),
+        "the error line must name both variables: {:?}",
+        error_lines[0]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

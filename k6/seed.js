@@ -1,0 +1,163 @@
+// The load test of seed 002 (the pub-sub log aggregator report, "Load Testing (K6)"), as it
+// describes it: ramping virtual users, each POSTing SINGLE events to /publish with no think
+// time, 30% of them re-sending an earlier event of the same VU; stages 30s -> 50 VUs,
+// 1m -> 100 VUs, 30s -> 0. The seed reports 0% errors and p95 < 50 ms for it, so those are
+// the thresholds: one failed request (a 503 shed included) fails the run.
+//
+//   scripts/k6.sh seed [--short]               # installs k6, brings up a stack if needed
+//   k6 run k6/seed.js                          # against BASE_URL
+//   VUS=1000 scripts/k6.sh seed                # real overload: 30s -> 500, 1m -> 1000, 30s -> 0
+//
+// Environment:
+//   BASE_URL        aggregator address (default http://127.0.0.1:8080)
+//   VUS             peak virtual users (default 100, the seed's); the first stage ramps to half
+//   K6_SHORT=1      short stages (5s -> 10, 5s -> 20, 5s -> 0); K6_STAGES="30s:50,1m:100,30s:0"
+//                   overrides both
+//   DUPLICATE_RATE  share of requests that re-send an earlier event (default 0.3)
+//   API_TOKEN       sent as a bearer token when set
+//
+// No retries and no pauses (the seed's client has neither): a 503 is counted, not retried.
+// Custom counters (in the summary): events_sent (accepted with 202), events_new,
+// events_duplicate, publish_requests, publish_shed (answered 503). On a quiet aggregator,
+// /stats must grow by exactly events_sent received, events_new unique_processed and
+// events_duplicate duplicate_dropped: scripts/k6.sh checks that.
+import http from 'k6/http';
+import { check } from 'k6';
+import { Counter } from 'k6/metrics';
+
+const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
+const DUPLICATE_RATE = parseFloat(__ENV.DUPLICATE_RATE || '0.3');
+const PEAK = Math.max(1, parseInt(__ENV.VUS || '100', 10));
+const HISTORY = 1000; // earlier events a VU remembers for re-sending
+
+function parseStages(spec) {
+  return spec.split(',').map((s) => {
+    const [duration, target] = s.trim().split(':');
+    return { duration, target: parseInt(target, 10) };
+  });
+}
+
+function stages() {
+  if (__ENV.K6_STAGES) return parseStages(__ENV.K6_STAGES);
+  const short = __ENV.K6_SHORT && __ENV.K6_SHORT !== '0' && __ENV.K6_SHORT !== 'false';
+  if (short) {
+    return [
+      { duration: '5s', target: 10 },
+      { duration: '5s', target: 20 },
+      { duration: '5s', target: 0 },
+    ];
+  }
+  // The seed's stages, scaled by VUS (100: exactly the seed's).
+  return [
+    { duration: '30s', target: Math.max(1, Math.round(PEAK / 2)) }, // ramp up
+    { duration: '1m', target: PEAK }, // peak load
+    { duration: '30s', target: 0 }, // ramp down
+  ];
+}
+
+export const options = {
+  scenarios: {
+    seed: {
+      executor: 'ramping-vus',
+      startVUs: 0,
+      stages: stages(),
+      gracefulRampDown: '10s',
+    },
+  },
+  thresholds: {
+    http_req_failed: ['rate<=0'],
+    http_req_duration: ['p(95)<50'],
+    checks: ['rate>=1'],
+  },
+  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
+};
+
+const eventsSent = new Counter('events_sent');
+const eventsNew = new Counter('events_new');
+const eventsDuplicate = new Counter('events_duplicate');
+const publishRequests = new Counter('publish_requests');
+const publishShed = new Counter('publish_shed');
+
+const TOPICS = [
+  'telemetry.satellite.status',
+  'telemetry.satellite.power',
+  'telemetry.satellite.thermal',
+  'telemetry.ground.link',
+  'comms.antenna.alert',
+  'comms.downlink.quality',
+  'attitude.camera.fault',
+  'attitude.gyro.drift',
+  'payload.imager.capture',
+  'orbit.position.update',
+];
+
+// Per-VU state (each VU has its own copy of the module scope).
+const sent = []; // earlier accepted events of this VU, for re-sending
+let counter = 0;
+
+function randomBetween(min, max) {
+  return Math.round((min + Math.random() * (max - min)) * 10) / 10;
+}
+
+function newEvent(runId) {
+  counter += 1;
+  const sat = 1 + Math.floor(Math.random() * 100);
+  return {
+    topic: TOPICS[Math.floor(Math.random() * TOPICS.length)],
+    // Unique across VUs, iterations and runs (runId comes from setup()).
+    event_id: `seed-${runId}-${__VU}-${counter}`,
+    timestamp: new Date().toISOString(),
+    source: `SAT-${String(sat).padStart(4, '0')}`,
+    payload: {
+      battery_charge_percent: randomBetween(20, 100),
+      storage_usage_mb: randomBetween(1000, 64000),
+      signal_strength_dbm: randomBetween(-110, -40),
+      is_anomaly: Math.random() < 0.02,
+    },
+  };
+}
+
+export function setup() {
+  const res = http.get(`${BASE_URL}/ready`, { tags: { name: 'GET /ready' } });
+  if (res.status !== 200) {
+    throw new Error(`aggregator at ${BASE_URL} is not ready (GET /ready: ${res.status})`);
+  }
+  return { runId: `${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}` };
+}
+
+export default function (data) {
+  const duplicate = sent.length > 0 && Math.random() < DUPLICATE_RATE;
+  // A duplicate re-sends an earlier, accepted event unchanged: same (topic, event_id), body.
+  const ev = duplicate ? sent[Math.floor(Math.random() * sent.length)] : newEvent(data.runId);
+  const headers = { 'Content-Type': 'application/json' };
+  if (__ENV.API_TOKEN) headers.Authorization = `Bearer ${__ENV.API_TOKEN}`;
+  const res = http.post(`${BASE_URL}/publish`, JSON.stringify(ev), {
+    headers,
+    tags: { name: 'POST /publish' },
+  });
+  publishRequests.add(1);
+
+  const ok = check(res, {
+    'status is 202': (r) => r.status === 202,
+    'event accepted': (r) => {
+      try {
+        return r.json('accepted') === 1;
+      } catch (_) {
+        return false;
+      }
+    },
+  });
+  if (res.status === 202) {
+    if (!duplicate) {
+      sent.push(ev);
+      while (sent.length > HISTORY) sent.shift();
+    }
+    eventsSent.add(1);
+    eventsNew.add(duplicate ? 0 : 1);
+    eventsDuplicate.add(duplicate ? 1 : 0);
+  } else if (res.status === 503) {
+    publishShed.add(1);
+  } else if (!ok && res.status !== 0) {
+    console.warn(`POST /publish -> ${res.status}: ${String(res.body).slice(0, 200)}`);
+  }
+}
