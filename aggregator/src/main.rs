@@ -6,12 +6,6 @@ use aggregator::settings::Settings;
 use aggregator::{shutdown, startup, store::Store, telemetry};
 use std::process::ExitCode;
 
-// Every message allocates its headers, payload and decoded event on the intake task and frees
-// them on a worker's: with glibc's malloc, allocating and freeing took about a third of the
-// aggregator's CPU in a drain (perf: `_int_malloc`, `unlink_chunk`, `malloc_consolidate`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     // Secrets given as files become variables first (still one thread: no runtime yet).
     if let Err(e) = shared::secrets::load(SECRETS_FROM_FILES) {
