@@ -119,6 +119,12 @@ mod tests {
         }
     }
 
+    /// A request waiting for a slot of `a`, on its own task.
+    fn spawn_admit(a: &Arc<Admission>) -> tokio::task::JoinHandle<Result<(), Refusal>> {
+        let a = a.clone();
+        tokio::spawn(async move { a.admit().await.map(drop) })
+    }
+
     #[tokio::test]
     async fn a_free_slot_admits_at_once() {
         let a = Admission::new(2, Duration::from_secs(1));
@@ -143,10 +149,7 @@ mod tests {
     async fn a_waiting_request_gets_the_slot_when_it_is_released() {
         let a = Arc::new(Admission::new(1, Duration::from_secs(10)));
         let held = a.admit().await.unwrap();
-        let waiter = {
-            let a = a.clone();
-            tokio::spawn(async move { a.admit().await.map(drop) })
-        };
+        let waiter = spawn_admit(&a);
         settle().await;
         assert_eq!(a.queued(), 1);
         drop(held);
@@ -155,14 +158,13 @@ mod tests {
         assert_eq!(a.in_progress(), 0);
     }
 
-    #[tokio::test]
+    // Paused time: the clock moves only when every task waits, so the timeout cannot pass
+    // before the waiter is seen queued, however slow the machine.
+    #[tokio::test(start_paused = true)]
     async fn a_request_waiting_past_the_timeout_is_refused() {
         let a = Arc::new(Admission::new(1, Duration::from_millis(50)));
         let _held = a.admit().await.unwrap();
-        let waiter = {
-            let a = a.clone();
-            tokio::spawn(async move { a.admit().await.map(drop) })
-        };
+        let waiter = spawn_admit(&a);
         settle().await;
         assert_eq!(a.queued(), 1);
         assert_eq!(waiter.await.unwrap(), Err(Refusal::TimedOut));
@@ -222,10 +224,7 @@ mod tests {
     async fn a_request_dropped_while_waiting_leaves_the_queue() {
         let a = Arc::new(Admission::new(1, Duration::from_secs(10)));
         let held = a.admit().await.unwrap();
-        let waiter = {
-            let a = a.clone();
-            tokio::spawn(async move { a.admit().await.map(drop) })
-        };
+        let waiter = spawn_admit(&a);
         settle().await;
         assert_eq!(a.queued(), 1);
         waiter.abort();

@@ -75,6 +75,33 @@ impl Held {
     }
 }
 
+/// An aggregator with one publish slot and the given `PUBLISH_QUEUE_TIMEOUT`.
+async fn one_slot(queue_timeout: &str) -> (TestEnv, Aggregator) {
+    let env = TestEnv::start().await;
+    let agg = Aggregator::spawn(
+        &env,
+        &[
+            ("MAX_CONCURRENT_PUBLISH", "1"),
+            ("PUBLISH_QUEUE_TIMEOUT", queue_timeout),
+        ],
+    )
+    .await;
+    (env, agg)
+}
+
+/// `n` publishes of new events of `topic` behind a held slot, once all of them wait.
+async fn queue_behind(
+    agg: &mut Aggregator,
+    topic: &str,
+    n: i64,
+) -> Vec<JoinHandle<(u16, HeaderMap, Value)>> {
+    let waiters = (0..n)
+        .map(|i| spawn_publish(agg, &event(topic, &format!("w{i}"), &ts(i))))
+        .collect();
+    agg.wait_metric(QUEUED, n as f64).await;
+    waiters
+}
+
 /// `POST /publish` of `ev` in a task of its own: (status, headers, body).
 fn spawn_publish(agg: &Aggregator, ev: &Value) -> JoinHandle<(u16, HeaderMap, Value)> {
     let http = agg.http().clone();
@@ -123,15 +150,7 @@ async fn publish_503s(agg: &Aggregator) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waits_for_a_busy_slot_and_is_served_when_it_frees() {
-    let env = TestEnv::start().await;
-    let mut agg = Aggregator::spawn(
-        &env,
-        &[
-            ("MAX_CONCURRENT_PUBLISH", "1"),
-            ("PUBLISH_QUEUE_TIMEOUT", "20s"),
-        ],
-    )
-    .await;
+    let (env, mut agg) = one_slot("20s").await;
     assert_eq!(
         agg.metric(QUEUED).await,
         0.0,
@@ -167,15 +186,7 @@ async fn a_request_waits_for_a_busy_slot_and_is_served_when_it_frees() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_zero_queue_timeout_a_busy_slot_sheds_at_once() {
-    let env = TestEnv::start().await;
-    let mut agg = Aggregator::spawn(
-        &env,
-        &[
-            ("MAX_CONCURRENT_PUBLISH", "1"),
-            ("PUBLISH_QUEUE_TIMEOUT", "0"),
-        ],
-    )
-    .await;
+    let (env, mut agg) = one_slot("0").await;
     let held = Held::take_slot(&agg, &event("admission.zero", "held", &ts(0))).await;
     let (status, headers, body) = post_raw(
         &agg,
@@ -200,21 +211,10 @@ async fn with_a_zero_queue_timeout_a_busy_slot_sheds_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waiting_past_the_queue_timeout_is_shed() {
-    let env = TestEnv::start().await;
-    let mut agg = Aggregator::spawn(
-        &env,
-        &[
-            ("MAX_CONCURRENT_PUBLISH", "1"),
-            // Long enough for the test to see the gauge while they wait.
-            ("PUBLISH_QUEUE_TIMEOUT", "10s"),
-        ],
-    )
-    .await;
+    // Long enough for the test to see the gauge while they wait.
+    let (env, mut agg) = one_slot("10s").await;
     let held = Held::take_slot(&agg, &event("admission.timeout", "held", &ts(0))).await;
-    let waiters: Vec<_> = (0..2)
-        .map(|i| spawn_publish(&agg, &event("admission.timeout", &format!("w{i}"), &ts(i))))
-        .collect();
-    agg.wait_metric(QUEUED, 2.0).await;
+    let waiters = queue_behind(&mut agg, "admission.timeout", 2).await;
     for waiter in waiters {
         let (status, headers, body) = waiter.await.unwrap();
         assert_shed(status, &headers, &body, "PUBLISH_QUEUE_TIMEOUT");
@@ -235,20 +235,9 @@ async fn a_request_waiting_past_the_queue_timeout_is_shed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_four_waiting_requests_per_slot_a_request_sheds_at_once() {
-    let env = TestEnv::start().await;
-    let mut agg = Aggregator::spawn(
-        &env,
-        &[
-            ("MAX_CONCURRENT_PUBLISH", "1"),
-            ("PUBLISH_QUEUE_TIMEOUT", "20s"),
-        ],
-    )
-    .await;
+    let (env, mut agg) = one_slot("20s").await;
     let held = Held::take_slot(&agg, &event("admission.full", "held", &ts(0))).await;
-    let waiters: Vec<_> = (0..4)
-        .map(|i| spawn_publish(&agg, &event("admission.full", &format!("w{i}"), &ts(i))))
-        .collect();
-    agg.wait_metric(QUEUED, 4.0).await;
+    let waiters = queue_behind(&mut agg, "admission.full", 4).await;
     let (status, body) = publish(&agg, &event("admission.full", "fifth", &ts(9))).await;
     assert_eq!(status, 503, "{body}");
     assert!(
