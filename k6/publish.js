@@ -21,6 +21,7 @@
 import http from 'k6/http';
 import { check, sleep } from 'k6';
 import { Counter } from 'k6/metrics';
+import { newEvent, readyRun } from './lib/events.js';
 
 const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 const BATCH_SIZE = Math.max(1, parseInt(__ENV.BATCH_SIZE || '10', 10));
@@ -75,51 +76,11 @@ const eventsNew = new Counter('events_new');
 const eventsDuplicate = new Counter('events_duplicate');
 const publishRetries = new Counter('publish_retries');
 
-const TOPICS = [
-  'telemetry.satellite.status',
-  'telemetry.satellite.power',
-  'telemetry.satellite.thermal',
-  'telemetry.ground.link',
-  'comms.antenna.alert',
-  'comms.downlink.quality',
-  'attitude.camera.fault',
-  'attitude.gyro.drift',
-  'payload.imager.capture',
-  'orbit.position.update',
-];
-
 // Per-VU state (each VU has its own copy of the module scope).
 const sent = []; // earlier events of this VU, for re-sending
-let counter = 0;
-
-function randomBetween(min, max) {
-  return Math.round((min + Math.random() * (max - min)) * 10) / 10;
-}
-
-function newEvent(runId) {
-  counter += 1;
-  const sat = 1 + Math.floor(Math.random() * 100);
-  return {
-    topic: TOPICS[Math.floor(Math.random() * TOPICS.length)],
-    // Unique across VUs, iterations and runs (runId comes from setup()).
-    event_id: `k6-${runId}-${__VU}-${counter}`,
-    timestamp: new Date().toISOString(),
-    source: `SAT-${String(sat).padStart(4, '0')}`,
-    payload: {
-      battery_charge_percent: randomBetween(20, 100),
-      storage_usage_mb: randomBetween(1000, 64000),
-      signal_strength_dbm: randomBetween(-110, -40),
-      is_anomaly: Math.random() < 0.02,
-    },
-  };
-}
 
 export function setup() {
-  const res = http.get(`${BASE_URL}/ready`, { tags: { name: 'GET /ready' } });
-  if (res.status !== 200) {
-    throw new Error(`aggregator at ${BASE_URL} is not ready (GET /ready: ${res.status})`);
-  }
-  return { runId: `${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}` };
+  return readyRun(BASE_URL);
 }
 
 export default function (data) {
@@ -130,7 +91,7 @@ export default function (data) {
       // Re-send an earlier, accepted event unchanged: same (topic, event_id), same body.
       batch.push(sent[Math.floor(Math.random() * sent.length)]);
     } else {
-      const ev = newEvent(data.runId);
+      const ev = newEvent('k6', data.runId);
       batch.push(ev);
       fresh.push(ev);
     }

@@ -24,6 +24,7 @@
 import http from 'k6/http';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';
+import { newEvent, readyRun } from './lib/events.js';
 
 const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 const DUPLICATE_RATE = parseFloat(__ENV.DUPLICATE_RATE || '0.3');
@@ -78,57 +79,17 @@ const eventsDuplicate = new Counter('events_duplicate');
 const publishRequests = new Counter('publish_requests');
 const publishShed = new Counter('publish_shed');
 
-const TOPICS = [
-  'telemetry.satellite.status',
-  'telemetry.satellite.power',
-  'telemetry.satellite.thermal',
-  'telemetry.ground.link',
-  'comms.antenna.alert',
-  'comms.downlink.quality',
-  'attitude.camera.fault',
-  'attitude.gyro.drift',
-  'payload.imager.capture',
-  'orbit.position.update',
-];
-
 // Per-VU state (each VU has its own copy of the module scope).
 const sent = []; // earlier accepted events of this VU, for re-sending
-let counter = 0;
-
-function randomBetween(min, max) {
-  return Math.round((min + Math.random() * (max - min)) * 10) / 10;
-}
-
-function newEvent(runId) {
-  counter += 1;
-  const sat = 1 + Math.floor(Math.random() * 100);
-  return {
-    topic: TOPICS[Math.floor(Math.random() * TOPICS.length)],
-    // Unique across VUs, iterations and runs (runId comes from setup()).
-    event_id: `seed-${runId}-${__VU}-${counter}`,
-    timestamp: new Date().toISOString(),
-    source: `SAT-${String(sat).padStart(4, '0')}`,
-    payload: {
-      battery_charge_percent: randomBetween(20, 100),
-      storage_usage_mb: randomBetween(1000, 64000),
-      signal_strength_dbm: randomBetween(-110, -40),
-      is_anomaly: Math.random() < 0.02,
-    },
-  };
-}
 
 export function setup() {
-  const res = http.get(`${BASE_URL}/ready`, { tags: { name: 'GET /ready' } });
-  if (res.status !== 200) {
-    throw new Error(`aggregator at ${BASE_URL} is not ready (GET /ready: ${res.status})`);
-  }
-  return { runId: `${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}` };
+  return readyRun(BASE_URL);
 }
 
 export default function (data) {
   const duplicate = sent.length > 0 && Math.random() < DUPLICATE_RATE;
   // A duplicate re-sends an earlier, accepted event unchanged: same (topic, event_id), body.
-  const ev = duplicate ? sent[Math.floor(Math.random() * sent.length)] : newEvent(data.runId);
+  const ev = duplicate ? sent[Math.floor(Math.random() * sent.length)] : newEvent('seed', data.runId);
   const headers = { 'Content-Type': 'application/json' };
   if (__ENV.API_TOKEN) headers.Authorization = `Bearer ${__ENV.API_TOKEN}`;
   const res = http.post(`${BASE_URL}/publish`, JSON.stringify(ev), {
