@@ -62,8 +62,31 @@ async fn a_record_of_a_stream_the_database_does_not_know_is_an_error() {
     let result = store.write_batch(0, &[record(424_242, 1, "a")], &[]).await;
     let err = result.expect_err("an unknown stream must not look already processed");
     assert!(err.to_string().contains("424242"), "{err}");
+    // Mixed with records of a known stream, and a dead letter of another unknown one: the
+    // error names every unknown id and nothing of the batch is kept.
+    let sid = store.register_stream("EVENTS", "2", None).await.unwrap().id;
+    let dead = [DeadLetter::new(
+        515_151,
+        9,
+        "events.x".into(),
+        b"{",
+        "bad".into(),
+    )];
+    let result = store
+        .write_batch(0, &[record(sid, 1, "b"), record(424_242, 2, "c")], &dead)
+        .await;
+    let err = result.expect_err("unknown streams in a mixed batch");
+    assert!(err.to_string().contains("[424242, 515151]"), "{err}");
     let totals = store.totals().await.unwrap();
-    assert_eq!(totals.received, 0);
+    assert_eq!((totals.received, totals.dead_lettered), (0, 0));
+    assert_eq!(
+        store
+            .write_batch(0, &[record(sid, 1, "b")], &[])
+            .await
+            .unwrap()
+            .received,
+        1
+    );
 }
 
 /// Waits (bounded) until `n` sessions wait for an advisory lock.
