@@ -21,21 +21,14 @@
 import http from 'k6/http';
 import { check, sleep } from 'k6';
 import { Counter } from 'k6/metrics';
+import { BASE_URL, stages } from './lib/run.js';
 import { newEvent, readyRun } from './lib/events.js';
 
-const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 const BATCH_SIZE = Math.max(1, parseInt(__ENV.BATCH_SIZE || '10', 10));
 const DUPLICATE_RATE = parseFloat(__ENV.DUPLICATE_RATE || '0.3');
 const PAUSE = parseFloat(__ENV.SLEEP || '0.1');
 const RETRIES_503 = parseInt(__ENV.RETRIES_503 || '1', 10);
 const HISTORY = 1000; // earlier events a VU remembers for re-sending
-
-function parseStages(spec) {
-  return spec.split(',').map((s) => {
-    const [duration, target] = s.trim().split(':');
-    return { duration, target: parseInt(target, 10) };
-  });
-}
 
 const FULL_STAGES = [
   { duration: '30s', target: 50 }, // ramp up
@@ -48,18 +41,12 @@ const SHORT_STAGES = [
   { duration: '5s', target: 0 },
 ];
 
-function stages() {
-  if (__ENV.K6_STAGES) return parseStages(__ENV.K6_STAGES);
-  const short = __ENV.K6_SHORT && __ENV.K6_SHORT !== '0' && __ENV.K6_SHORT !== 'false';
-  return short ? SHORT_STAGES : FULL_STAGES;
-}
-
 export const options = {
   scenarios: {
     publish: {
       executor: 'ramping-vus',
       startVUs: 0,
-      stages: stages(),
+      stages: stages(FULL_STAGES, SHORT_STAGES),
       gracefulRampDown: '10s',
     },
   },
@@ -80,7 +67,7 @@ const publishRetries = new Counter('publish_retries');
 const sent = []; // earlier events of this VU, for re-sending
 
 export function setup() {
-  return readyRun(BASE_URL);
+  return readyRun();
 }
 
 export default function (data) {

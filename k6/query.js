@@ -12,17 +12,10 @@
 import http from 'k6/http';
 import { check, sleep } from 'k6';
 import { Counter } from 'k6/metrics';
+import { BASE_URL, assertReady, stages } from './lib/run.js';
 
-const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 const PAUSE = parseFloat(__ENV.SLEEP || '0.1');
 const TOPIC = __ENV.TOPIC || '';
-
-function parseStages(spec) {
-  return spec.split(',').map((s) => {
-    const [duration, target] = s.trim().split(':');
-    return { duration, target: parseInt(target, 10) };
-  });
-}
 
 const FULL_STAGES = [
   { duration: '30s', target: 25 },
@@ -35,18 +28,12 @@ const SHORT_STAGES = [
   { duration: '5s', target: 0 },
 ];
 
-function stages() {
-  if (__ENV.K6_STAGES) return parseStages(__ENV.K6_STAGES);
-  const short = __ENV.K6_SHORT && __ENV.K6_SHORT !== '0' && __ENV.K6_SHORT !== 'false';
-  return short ? SHORT_STAGES : FULL_STAGES;
-}
-
 export const options = {
   scenarios: {
     query: {
       executor: 'ramping-vus',
       startVUs: 0,
-      stages: stages(),
+      stages: stages(FULL_STAGES, SHORT_STAGES),
       gracefulRampDown: '10s',
     },
   },
@@ -63,10 +50,7 @@ export const options = {
 const pagesFollowed = new Counter('pages_followed');
 
 export function setup() {
-  const res = http.get(`${BASE_URL}/ready`, { tags: { name: 'GET /ready' } });
-  if (res.status !== 200) {
-    throw new Error(`aggregator at ${BASE_URL} is not ready (GET /ready: ${res.status})`);
-  }
+  assertReady();
 }
 
 function json(res) {

@@ -25,43 +25,30 @@ import http from 'k6/http';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';
 import { newEvent, readyRun } from './lib/events.js';
+import { BASE_URL, stages } from './lib/run.js';
 
-const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 const DUPLICATE_RATE = parseFloat(__ENV.DUPLICATE_RATE || '0.3');
 const PEAK = Math.max(1, parseInt(__ENV.VUS || '100', 10));
 const HISTORY = 1000; // earlier events a VU remembers for re-sending
 
-function parseStages(spec) {
-  return spec.split(',').map((s) => {
-    const [duration, target] = s.trim().split(':');
-    return { duration, target: parseInt(target, 10) };
-  });
-}
-
-function stages() {
-  if (__ENV.K6_STAGES) return parseStages(__ENV.K6_STAGES);
-  const short = __ENV.K6_SHORT && __ENV.K6_SHORT !== '0' && __ENV.K6_SHORT !== 'false';
-  if (short) {
-    return [
-      { duration: '5s', target: 10 },
-      { duration: '5s', target: 20 },
-      { duration: '5s', target: 0 },
-    ];
-  }
-  // The seed's stages, scaled by VUS (100: exactly the seed's).
-  return [
-    { duration: '30s', target: Math.max(1, Math.round(PEAK / 2)) }, // ramp up
-    { duration: '1m', target: PEAK }, // peak load
-    { duration: '30s', target: 0 }, // ramp down
-  ];
-}
+const SHORT_STAGES = [
+  { duration: '5s', target: 10 },
+  { duration: '5s', target: 20 },
+  { duration: '5s', target: 0 },
+];
+// The seed's stages, scaled by VUS (100: exactly the seed's).
+const SEED_STAGES = [
+  { duration: '30s', target: Math.max(1, Math.round(PEAK / 2)) }, // ramp up
+  { duration: '1m', target: PEAK }, // peak load
+  { duration: '30s', target: 0 }, // ramp down
+];
 
 export const options = {
   scenarios: {
     seed: {
       executor: 'ramping-vus',
       startVUs: 0,
-      stages: stages(),
+      stages: stages(SEED_STAGES, SHORT_STAGES),
       gracefulRampDown: '10s',
     },
   },
@@ -83,7 +70,7 @@ const publishShed = new Counter('publish_shed');
 const sent = []; // earlier accepted events of this VU, for re-sending
 
 export function setup() {
-  return readyRun(BASE_URL);
+  return readyRun();
 }
 
 export default function (data) {

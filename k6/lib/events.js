@@ -1,7 +1,7 @@
 // What k6/publish.js and k6/seed.js send: valid telemetry events, unique across VUs,
 // iterations and runs, and the set-up both share. Imported, so each VU has its own copy
 // of this module's state (the counter).
-import http from 'k6/http';
+import { assertReady } from './run.js';
 
 export const TOPICS = [
   'telemetry.satellite.status',
@@ -41,11 +41,8 @@ export function newEvent(prefix, runId) {
   };
 }
 
-// setup(): the aggregator at baseUrl must be ready; the run's id, for unique event ids.
-export function readyRun(baseUrl) {
-  const res = http.get(`${baseUrl}/ready`, { tags: { name: 'GET /ready' } });
-  if (res.status !== 200) {
-    throw new Error(`aggregator at ${baseUrl} is not ready (GET /ready: ${res.status})`);
-  }
+// setup(): the aggregator must be ready; the run's id, for unique event ids.
+export function readyRun() {
+  assertReady();
   return { runId: `${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}` };
 }
