@@ -96,9 +96,11 @@ publish_figures() {
   PUB_DEFAULT=$(publish_rate default); PUB_ALWAYS=$(publish_rate always)
   echo "   default $PUB_DEFAULT events/s, sync_interval always $PUB_ALWAYS events/s" >&2
 }
+# row MEASURE FIGURE [TARGET]: one line of the table.
+row() { printf '%-44s %14s %10s\n' "$1" "$2" "${3:-}"; }
 publish_table() {
-  printf '%-44s %14s\n' "publish, sync default (events/s)" "$PUB_DEFAULT"
-  printf '%-44s %14s\n' "publish, sync_interval always (events/s)" "$PUB_ALWAYS"
+  row "publish, sync default (events/s)" "$PUB_DEFAULT"
+  row "publish, sync_interval always (events/s)" "$PUB_ALWAYS"
 }
 publish_json() { echo "\"publish_events\": $PUBLISH_N, \"publish_sync_default_events_per_s\": $PUB_DEFAULT, \"publish_sync_always_events_per_s\": $PUB_ALWAYS"; }
 
@@ -137,9 +139,10 @@ if [ "$REPLICAS_ONLY" = 1 ]; then
     for p in "${pids[@]}"; do kill -TERM "$p"; wait "$p" || true; done
     AGG_PID=""
   done
-  printf '\n%-44s %14s\n' "drain with 1 aggregator (events/s)" "${RATES[1]}"
-  printf '%-44s %14s\n' "drain with 2 aggregators (events/s)" "${RATES[2]}"
-  printf '%-44s %14s\n' "speed-up" "$(printf '%.2f' "$(echo "${RATES[2]} / ${RATES[1]}" | bc -l)")x"
+  printf '\n'
+  row "drain with 1 aggregator (events/s)" "${RATES[1]}"
+  row "drain with 2 aggregators (events/s)" "${RATES[2]}"
+  row "speed-up" "$(printf '%.2f' "$(echo "${RATES[2]} / ${RATES[1]}" | bc -l)")x"
   echo "{\"events\": $N, \"replicas_1_events_per_s\": ${RATES[1]}, \"replicas_2_events_per_s\": ${RATES[2]}}" >"${JSON%.json}-replicas.json"
   exit 0
 fi
@@ -213,12 +216,19 @@ CPU_PG=$(cpu_per_100k "$(col 4 | median)" "$N"); CPU_NATS=$(cpu_per_100k "$(col 
 CPU_AGG=$(cpu_per_100k "$(col 6 | median)" "$N"); CPU_COPY=$(cpu_per_100k "$(col 7 | median)" "$UNIQUE")
 echo "   median of $RUNS: ratio $RATIO ($RATIO_SPREAD), drain $DRAIN_RATE events/s, COPY $COPY_RATE rows/s" >&2
 
+drain_table() {
+  row "COPY limit (rows/s)" "$COPY_RATE"
+  row "drain $N events (events/s)" "$DRAIN_RATE"
+  row "ratio copy s / drain s (median of $RUNS)" "$RATIO" ">= 0.6"
+  row "ratio spread (min-max)" "$RATIO_SPREAD"
+  row "drain CPU-s/100k events: Postgres" "$CPU_PG"
+  row "drain CPU-s/100k events: nats-server" "$CPU_NATS"
+  row "drain CPU-s/100k events: aggregator" "$CPU_AGG"
+  row "COPY CPU-s/100k rows: Postgres" "$CPU_COPY"
+}
 if [ "$DRAIN_ONLY" = 1 ]; then
-  printf '\n%-44s %14s\n' "measure (median of $RUNS)" "figure"
-  printf '%-44s %14s\n' "COPY limit (rows/s)" "$COPY_RATE" "drain $N events (events/s)" "$DRAIN_RATE" \
-    "ratio copy s / drain s" "$RATIO" "ratio spread (min-max)" "$RATIO_SPREAD" \
-    "drain CPU-s/100k events: Postgres" "$CPU_PG" "drain CPU-s/100k events: nats-server" "$CPU_NATS" \
-    "drain CPU-s/100k events: aggregator" "$CPU_AGG" "COPY CPU-s/100k rows: Postgres" "$CPU_COPY"
+  printf '\n'; row "measure" "figure" "target"
+  drain_table
   exit 0
 fi
 
@@ -319,22 +329,15 @@ cat >"$JSON" <<EOF
  $(publish_json)}
 EOF
 
-printf '\n%-44s %14s %10s\n' "measure" "figure" "target"
-printf '%-44s %14s %10s\n' "COPY limit (rows/s)" "$COPY_RATE" ""
-printf '%-44s %14s %10s\n' "drain $N events (events/s)" "$DRAIN_RATE" ""
-printf '%-44s %14s %10s\n' "ratio copy s / drain s (median of $RUNS)" "$RATIO" ">= 0.6"
-printf '%-44s %14s %10s\n' "ratio spread (min-max)" "$RATIO_SPREAD" ""
-printf '%-44s %14s %10s\n' "drain CPU-s/100k events: Postgres" "$CPU_PG" ""
-printf '%-44s %14s %10s\n' "drain CPU-s/100k events: nats-server" "$CPU_NATS" ""
-printf '%-44s %14s %10s\n' "drain CPU-s/100k events: aggregator" "$CPU_AGG" ""
-printf '%-44s %14s %10s\n' "COPY CPU-s/100k rows: Postgres" "$CPU_COPY" ""
-printf '%-44s %14s %10s\n' "earlier design baseline (events/s)" "$BASE_RATE" ""
-printf '%-44s %14s %10s\n' "multiple of baseline" "${MULTIPLE}x" ">= 25x"
-printf '%-44s %14s %10s\n' "live, publisher at full speed (events/s)" "$LIVE_RATE" ">= 30000"
-printf '%-44s %14s %10s\n' "lag p50 at 5,000 events/s (ms)" "$LAG_P50" ""
-printf '%-44s %14s %10s\n' "lag p99 at 5,000 events/s (ms)" "$LAG_P99" "<= 100"
-printf '%-44s %14s %10s\n' "aggregator peak RSS (MB)" "$RSS_MB" "<= 100"
-printf '%-44s %14s %10s\n' "WAL append (events/s)" "$WAL_APPEND_RATE" ">= 50000"
-printf '%-44s %14s %10s\n' "WAL replay (events/s)" "$WAL_REPLAY_RATE" ">= 30000"
+printf '\n'; row "measure" "figure" "target"
+drain_table
+row "earlier design baseline (events/s)" "$BASE_RATE"
+row "multiple of baseline" "${MULTIPLE}x" ">= 25x"
+row "live, publisher at full speed (events/s)" "$LIVE_RATE" ">= 30000"
+row "lag p50 at 5,000 events/s (ms)" "$LAG_P50"
+row "lag p99 at 5,000 events/s (ms)" "$LAG_P99" "<= 100"
+row "aggregator peak RSS (MB)" "$RSS_MB" "<= 100"
+row "WAL append (events/s)" "$WAL_APPEND_RATE" ">= 50000"
+row "WAL replay (events/s)" "$WAL_REPLAY_RATE" ">= 30000"
 publish_table
 echo "JSON: $JSON"
