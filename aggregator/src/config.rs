@@ -145,6 +145,44 @@ pub struct Config {
     #[arg(long, env = "STREAM_MAX_MSG_SIZE", default_value = "256KiB", value_parser = parse_msg_size)]
     pub stream_max_msg_size: u32,
 
+    /// When set, every event stored for the first time is published once to
+    /// `<prefix>.<topic>` on the output stream (OUTPUT_STREAM_NAME): the duplicate-free stream
+    /// out. Unset (the default) publishes nothing. Must not overlap SUBJECT_PREFIX.
+    #[arg(long, env = "OUTPUT_SUBJECT_PREFIX", value_parser = parse_prefix)]
+    pub output_subject_prefix: Option<String>,
+
+    /// JetStream stream the stream out publishes to (created when missing).
+    #[arg(long, env = "OUTPUT_STREAM_NAME", default_value = "UNIQUE", value_parser = parse_name)]
+    pub output_stream_name: String,
+
+    /// Replicas of the output stream when it is created (3 on a NATS cluster).
+    #[arg(long, env = "OUTPUT_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub output_stream_replicas: u8,
+
+    /// Oldest message the output stream keeps (JetStream `max_age`, discard old); `0` = no
+    /// limit, otherwise at least 2m.
+    #[arg(long, env = "OUTPUT_STREAM_MAX_AGE", default_value = "7d", value_parser = parse_stream_max_age)]
+    pub output_stream_max_age: Duration,
+
+    /// Largest size of the output stream (JetStream `max_bytes`, discard old); bytes or with
+    /// KiB, MiB, GiB, TiB; `0` = no limit.
+    #[arg(long, env = "OUTPUT_STREAM_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub output_stream_max_bytes: u64,
+
+    /// Events published per round of the stream out (each round waits for every
+    /// acknowledgement, then saves the cursor).
+    #[arg(long, env = "OUTBOX_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub outbox_batch: u32,
+
+    /// How often the stream out and the live tail (GET /events/stream) look for newly stored
+    /// events when they have caught up.
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "100ms", value_parser = parse_positive_duration)]
+    pub outbox_poll_interval: Duration,
+
+    /// Live tails (GET /events/stream) open at once; one more gets 503 + Retry-After.
+    #[arg(long, env = "MAX_EVENT_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_event_streams: u32,
+
     /// Concurrent batch writers.
     #[arg(long, env = "WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
@@ -309,6 +347,24 @@ impl Config {
                  lower PUBLISH_QUEUE_TIMEOUT or raise REQUEST_TIMEOUT",
                 self.publish_queue_timeout, self.request_timeout
             ));
+        }
+        if let Some(out) = &self.output_subject_prefix {
+            let overlaps = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}."));
+            if overlaps(out, &self.subject_prefix) || overlaps(&self.subject_prefix, out) {
+                return Err(format!(
+                    "OUTPUT_SUBJECT_PREFIX ({out:?}) overlaps SUBJECT_PREFIX ({:?}): the stream \
+                     out would publish into the stream it reads from; choose a prefix that is \
+                     neither within nor above it (e.g. \"unique\")",
+                    self.subject_prefix
+                ));
+            }
+            if self.output_stream_name == self.stream_name {
+                return Err(format!(
+                    "OUTPUT_STREAM_NAME ({:?}) is STREAM_NAME: the stream out needs a stream of \
+                     its own",
+                    self.output_stream_name
+                ));
+            }
         }
         let batch_bytes = u64::from(self.batch_size)
             .saturating_mul(u64::from(self.max_payload_bytes) + WAL_ENTRY_OVERHEAD);

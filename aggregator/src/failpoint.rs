@@ -6,6 +6,9 @@
 //!   messages are acknowledged (a crash between commit and ack must never double-count);
 //! * `abort-on-event:ID` aborts whenever an event with that id is about to be written (a
 //!   poison message that crashes the process must not loop forever);
+//! * `abort-after-publish:N` aborts right after the N-th round of the stream out was
+//!   acknowledged by the output stream, before its cursor is saved (a crash between publish
+//!   and cursor must never publish an event twice);
 //! * `hold-writes:PATH` holds every batch before its write for as long as the file PATH
 //!   exists, whatever shutdown says: a write hung on the database while the database still
 //!   answers the API (a drain that takes as long as the test wants).
@@ -18,7 +21,9 @@ pub struct Failpoint {
     abort_after_commit: Option<u64>,
     abort_on_event: Option<String>,
     hold_writes: Option<std::path::PathBuf>,
+    abort_after_publish: Option<u64>,
     commits: std::sync::atomic::AtomicU64,
+    publishes: std::sync::atomic::AtomicU64,
 }
 
 #[cfg(feature = "failpoints")]
@@ -31,7 +36,11 @@ impl Failpoint {
                 .and_then(|n| n.parse().ok()),
             abort_on_event: spec.strip_prefix("abort-on-event:").map(str::to_owned),
             hold_writes: spec.strip_prefix("hold-writes:").map(Into::into),
+            abort_after_publish: spec
+                .strip_prefix("abort-after-publish:")
+                .and_then(|n| n.parse().ok()),
             commits: std::sync::atomic::AtomicU64::new(0),
+            publishes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -71,6 +80,18 @@ impl Failpoint {
             }
         }
     }
+
+    pub fn after_publish(&self) {
+        use std::sync::atomic::Ordering;
+        if let Some(n) = self.abort_after_publish {
+            if self.publishes.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                tracing::error!(
+                    "failpoint abort-after-publish:{n} reached; aborting before the cursor is saved"
+                );
+                std::process::abort();
+            }
+        }
+    }
 }
 
 /// Without the feature: nothing, whatever the environment says.
@@ -95,4 +116,6 @@ impl Failpoint {
     pub async fn hold(&self, _records: &[Record]) {}
 
     pub fn after_commit(&self) {}
+
+    pub fn after_publish(&self) {}
 }

@@ -15,6 +15,7 @@ pub mod guard;
 pub mod housekeeping;
 pub mod intake;
 pub mod message;
+pub mod outbox;
 pub mod redrive;
 pub mod replay;
 pub mod settings;

@@ -6,6 +6,20 @@
 use serde::{Deserialize, Serialize};
 use shared::Event;
 
+/// A stored event as readers get it (`GET /events`, the live tail, the stream out): the event
+/// plus when it was stored and the trace context it was published with.
+#[derive(Debug, Serialize)]
+pub struct EventItem {
+    pub topic: String,
+    pub event_id: String,
+    pub timestamp: String,
+    pub source: String,
+    pub payload: Box<serde_json::value::RawValue>,
+    pub stored_at: String,
+    /// W3C trace context the event was published with (null when it had none).
+    pub traceparent: Option<String>,
+}
+
 /// Where a message sits: its stream incarnation (`streams.id`) and stream sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageKey {

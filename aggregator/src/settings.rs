@@ -21,6 +21,8 @@ pub struct Settings {
     pub replay: ReplaySettings,
     pub housekeeping: HousekeepingSettings,
     pub api: ApiSettings,
+    /// The stream out, when `OUTPUT_SUBJECT_PREFIX` turns it on.
+    pub outbox: Option<OutboxSettings>,
     /// Longest wait for the drain after SIGTERM/SIGINT (`SHUTDOWN_TIMEOUT`).
     pub shutdown_timeout: Duration,
 }
@@ -117,6 +119,21 @@ pub struct HousekeepingSettings {
     pub retention: Option<Duration>,
 }
 
+/// The stream out: its output stream and how the publisher reads the stored events.
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    pub subject_prefix: String,
+    pub stream_name: String,
+    pub stream_replicas: u8,
+    /// As JetStream takes them: `max_age` 0 and `max_bytes` -1 mean no limit.
+    pub stream_max_age: Duration,
+    pub stream_max_bytes: i64,
+    pub stream_max_msg_size: i32,
+    /// Events per publishing round.
+    pub batch: usize,
+    pub poll_interval: Duration,
+}
+
 /// The HTTP API.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
@@ -135,6 +152,11 @@ pub struct ApiSettings {
     pub metrics_max_topics: usize,
     pub subject_prefix: String,
     pub limits: Limits,
+    /// The output stream whose lag `/stats` reports, when the stream out is on.
+    pub outbox_stream: Option<String>,
+    /// Live tails: how many at once, and how often each looks for new events.
+    pub max_event_streams: usize,
+    pub tail_poll_interval: Duration,
 }
 
 impl Settings {
@@ -167,6 +189,7 @@ impl Settings {
                 retention: c.retention,
             },
             api: ApiSettings::from_config(c),
+            outbox: OutboxSettings::from_config(c),
             shutdown_timeout: c.shutdown_timeout,
         }
     }
@@ -202,10 +225,7 @@ impl BrokerSettings {
             stream_replicas: c.stream_replicas,
             stream_max_age: c.stream_max_age,
             // `0` (no limit) in the configuration; both are range-checked there.
-            stream_max_bytes: match c.stream_max_bytes {
-                0 => -1,
-                n => i64::try_from(n).unwrap_or(i64::MAX),
-            },
+            stream_max_bytes: no_limit_is_minus_one(c.stream_max_bytes),
             stream_max_msg_size: match c.stream_max_msg_size {
                 0 => -1,
                 n => i32::try_from(n).unwrap_or(i32::MAX),
@@ -216,6 +236,32 @@ impl BrokerSettings {
             max_ack_pending: i64::from(c.max_buffer_size)
                 + 2 * i64::from(c.workers) * i64::from(c.batch_size),
         }
+    }
+}
+
+/// `0` (no limit) in the configuration is -1 for JetStream.
+fn no_limit_is_minus_one(n: u64) -> i64 {
+    match n {
+        0 => -1,
+        n => i64::try_from(n).unwrap_or(i64::MAX),
+    }
+}
+
+impl OutboxSettings {
+    fn from_config(c: &Config) -> Option<Self> {
+        let broker = BrokerSettings::from_config(c);
+        Some(Self {
+            subject_prefix: c.output_subject_prefix.clone()?,
+            stream_name: c.output_stream_name.clone(),
+            stream_replicas: c.output_stream_replicas,
+            stream_max_age: c.output_stream_max_age,
+            stream_max_bytes: no_limit_is_minus_one(c.output_stream_max_bytes),
+            // An output message is a stored event plus a few fields: the input's limit holds it
+            // with room to spare.
+            stream_max_msg_size: broker.stream_max_msg_size,
+            batch: c.outbox_batch as usize,
+            poll_interval: c.outbox_poll_interval,
+        })
     }
 }
 
@@ -264,6 +310,12 @@ impl ApiSettings {
             metrics_max_topics: c.metrics_max_topics as usize,
             subject_prefix: c.subject_prefix.clone(),
             limits: limits(c),
+            outbox_stream: c
+                .output_subject_prefix
+                .as_ref()
+                .map(|_| c.output_stream_name.clone()),
+            max_event_streams: c.max_event_streams as usize,
+            tail_poll_interval: c.outbox_poll_interval,
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::subscription::{self, Subscription};
 use crate::telemetry::{names, TopicLabels};
 use crate::wal::{Recovery, Wal};
 use crate::worker::{self, Worker};
-use crate::{api, broker, housekeeping};
+use crate::{api, broker, housekeeping, outbox};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
@@ -261,6 +261,8 @@ struct Components {
     workers: Vec<JoinHandle<()>>,
     monitor: JoinHandle<()>,
     housekeeping: JoinHandle<()>,
+    /// The stream out's publisher, when it is on.
+    outbox: Option<JoinHandle<()>>,
 }
 
 impl Components {
@@ -309,6 +311,18 @@ impl Components {
         };
         monitor.tick().await;
         let monitor = tokio::spawn(monitor.run(shutdown.clone()));
+        let outbox = settings.outbox.clone().map(|settings| {
+            tokio::spawn(
+                outbox::Publisher {
+                    store: store.clone(),
+                    js: async_nats::jetstream::new(client.clone()),
+                    settings,
+                    shutdown: shutdown.clone(),
+                    failpoint: Failpoint::from_env(),
+                }
+                .run(),
+            )
+        });
         let housekeeping = tokio::spawn(housekeeping::run(
             store,
             source,
@@ -320,6 +334,7 @@ impl Components {
             workers,
             monitor,
             housekeeping,
+            outbox,
         }
     }
 
@@ -331,6 +346,9 @@ impl Components {
         }
         let _ = self.housekeeping.await;
         let _ = self.monitor.await;
+        if let Some(outbox) = self.outbox {
+            let _ = outbox.await;
+        }
     }
 }
 

@@ -209,6 +209,14 @@ impl Aggregator {
         self.wait_ready().await;
     }
 
+    /// Sets (or with `None` removes) a variable for the next [`Aggregator::restart`].
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        match value {
+            Some(v) => set_var(&mut self.vars, key, v),
+            None => self.vars.retain(|(k, _)| k != key),
+        }
+    }
+
     /// Like [`Aggregator::restart`] without waiting for readiness.
     pub fn restart_no_wait(&mut self) {
         self.kill();

@@ -8,6 +8,7 @@
 //! - [`Nats`], [`Postgres`], [`TestEnv`]: the private infrastructure.
 //! - [`Aggregator`]: the `aggregator` binary as a child process, plus HTTP helpers.
 //! - [`run_publisher`], [`publish_raw`], [`event_json`]: ways to feed events in.
+//! - [`downstream`]: the output stream of the stream out read whole, and an SSE client.
 //! - [`Security`]: TLS and authorization for a private NATS server or cluster
 //!   ([`Nats::secured`], [`NatsCluster::start_secured`], [`TestEnv::start_secured`]).
 //! - [`eventually`], [`free_port`]: utilities.
@@ -25,6 +26,7 @@ pub mod aggregator;
 pub mod binaries;
 pub mod checker;
 pub mod cluster;
+pub mod downstream;
 pub mod env;
 pub mod nats;
 pub mod nats_server;

@@ -7,23 +7,12 @@
 
 use super::state::SharedState;
 use super::{query, ApiError};
+use crate::message::EventItem;
 use crate::store::queries::{EventFilter, StoredEvent};
 use axum::extract::{RawQuery, State};
 use axum::Json;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
-
-#[derive(Serialize)]
-pub struct EventItem {
-    pub topic: String,
-    pub event_id: String,
-    pub timestamp: String,
-    pub source: String,
-    pub payload: Box<serde_json::value::RawValue>,
-    pub stored_at: String,
-    /// W3C trace context the event was published with (null when it had none).
-    pub traceparent: Option<String>,
-}
 
 #[derive(Serialize)]
 pub struct EventPage {
@@ -45,23 +34,12 @@ pub async fn list(
         .map_err(ApiError::from_db)?;
     let (rows, next) = query::page(rows, filter.limit, |r| encode_cursor(r.ts, r.id));
     Ok(Json(EventPage {
-        events: rows.into_iter().filter_map(item).collect(),
+        events: rows
+            .into_iter()
+            .filter_map(StoredEvent::into_item)
+            .collect(),
         next,
     }))
-}
-
-fn item(r: StoredEvent) -> Option<EventItem> {
-    // jsonb text output is always valid JSON.
-    let payload = serde_json::value::RawValue::from_string(r.payload).ok()?;
-    Some(EventItem {
-        topic: r.topic,
-        event_id: r.event_id,
-        timestamp: r.ts.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        source: r.source,
-        payload,
-        stored_at: r.stored_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-        traceparent: r.traceparent,
-    })
 }
 
 fn parse_query(query: &str) -> Result<EventFilter, ApiError> {

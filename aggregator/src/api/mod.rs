@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /publish` | [`publish`] (bearer token when `API_TOKEN` is set: [`auth`]; a slot from [`admission`]) |
 //! | `GET /events` | [`events`] (bearer token when `API_READ_TOKEN` is set) |
+//! | `GET /events/stream` | [`tail`] (the live tail, Server-Sent Events; the same token) |
 //! | `GET /dead-letters` | [`dead_letters`] (bearer token when `API_READ_TOKEN` or `API_TOKEN` is set) |
 //! | `GET /stats` | [`stats`] (bearer token when `API_READ_TOKEN` is set) |
 //! | `GET /health`, `GET /live`, `GET /ready` | [`health`] |
@@ -29,6 +30,7 @@ pub mod query;
 pub mod server;
 pub mod state;
 pub mod stats;
+pub mod tail;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
@@ -61,6 +63,7 @@ pub fn router(state: SharedState) -> Router {
         ));
     let reads = Router::new()
         .route("/events", get(events::list))
+        .route("/events/stream", get(tail::stream))
         .route("/stats", get(stats::get_stats))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -8,6 +8,7 @@ use crate::guard::{GuardStatus, WriteGuard};
 use crate::intake::BufferCount;
 use crate::settings::{ApiSettings, BrokerSettings};
 use crate::shutdown::CancellationToken;
+use crate::store::outbox::Position;
 use crate::store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,10 @@ pub struct AppState {
     /// Admission control for `POST /publish` (`MAX_CONCURRENT_PUBLISH`, a bounded wait of
     /// `PUBLISH_QUEUE_TIMEOUT` for a slot).
     pub admission: super::admission::Admission,
+    /// Live tails open (`MAX_EVENT_STREAMS` permits).
+    pub event_streams: Arc<tokio::sync::Semaphore>,
+    /// The live tails' shared head, polled by one task from the first tail on.
+    tail_head: OnceLock<tokio::sync::watch::Receiver<Position>>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -45,6 +50,7 @@ impl AppState {
         prometheus: Option<PrometheusHandle>,
         shutdown: CancellationToken,
     ) -> SharedState {
+        let settings_max_streams = settings.max_event_streams;
         Arc::new(Self {
             admission: super::admission::Admission::new(
                 settings.max_concurrent_publish,
@@ -60,7 +66,25 @@ impl AppState {
             shutdown,
             buffered,
             guard: OnceLock::new(),
+            event_streams: Arc::new(tokio::sync::Semaphore::new(settings_max_streams)),
+            tail_head: OnceLock::new(),
         })
+    }
+
+    /// The live tails' head (see `tail::poll_head`), its poller started on first use.
+    pub fn tail_head(&self, store: &Store) -> tokio::sync::watch::Receiver<Position> {
+        self.tail_head
+            .get_or_init(|| {
+                let (tx, rx) = tokio::sync::watch::channel(Position::START);
+                tokio::spawn(super::tail::poll_head(
+                    store.clone(),
+                    tx,
+                    self.settings.tail_poll_interval,
+                    self.shutdown.clone(),
+                ));
+                rx
+            })
+            .clone()
     }
 
     /// WAL size and breaker state, for `/health`, `/stats` and `/metrics` (an empty WAL and a

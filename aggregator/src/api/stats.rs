@@ -23,10 +23,41 @@ pub struct Stats {
     pub wal_record_count: u64,
     pub circuit_breaker: &'static str,
     pub status: &'static str,
+    /// The stream out, when `OUTPUT_SUBJECT_PREFIX` turns it on (null otherwise).
+    pub outbox: Option<OutboxStats>,
 }
 
+#[derive(Serialize)]
+pub struct OutboxStats {
+    pub stream: String,
+    /// Events published to the output stream, by every replica, ever.
+    pub published: i64,
+    /// Stored events not published yet, and the age of the oldest of them.
+    pub lag_rows: i64,
+    pub lag_seconds: f64,
+}
+
+/// `lag_rows` is counted up to this (a bounded scan).
+const LAG_CAP: i64 = 1_000_000;
+
 pub async fn get_stats(State(state): State<SharedState>) -> Result<Json<Stats>, ApiError> {
-    let totals = state.store()?.totals().await.map_err(ApiError::from_db)?;
+    let store = state.store()?;
+    let totals = store.totals().await.map_err(ApiError::from_db)?;
+    let outbox = match &state.settings.outbox_stream {
+        Some(stream) => {
+            let lag = store
+                .outbox_lag(stream, LAG_CAP)
+                .await
+                .map_err(ApiError::from_db)?;
+            Some(OutboxStats {
+                stream: stream.clone(),
+                published: lag.published,
+                lag_rows: lag.rows,
+                lag_seconds: lag.seconds,
+            })
+        }
+        None => None,
+    };
     let pending = match state.jetstream() {
         Some(js) => broker::consumer_pending(&js, &state.broker).await,
         None => None,
@@ -51,5 +82,6 @@ pub async fn get_stats(State(state): State<SharedState>) -> Result<Json<Stats>, 
         wal_record_count: guard.wal_records,
         circuit_breaker: guard.breaker.as_str(),
         status: if healthy { "healthy" } else { "degraded" },
+        outbox,
     }))
 }

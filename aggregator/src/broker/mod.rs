@@ -24,6 +24,7 @@ use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
 use std::time::Duration;
 
+pub mod output;
 pub mod reconcile;
 
 /// Metadata key (and description tag) holding a stream's incarnation token.

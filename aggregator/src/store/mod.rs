@@ -5,12 +5,14 @@
 //! * [`queries`]: read side for the API (`/stats`, `/events`, `/dead-letters`), on the read
 //!   pool when [`Store::with_read_pool`] gave it one.
 //! * [`compact`]: keeps the processed-message record from growing forever.
+//! * [`outbox`]: stored events in commit order, for the stream out and the live tail.
 //!
 //! [`Store::connect`] creates the database when it is missing and applies the migrations in
 //! `migrations/`, so a fresh Postgres needs no manual step.
 
 pub mod batch;
 pub mod compact;
+pub mod outbox;
 pub mod queries;
 
 use crate::shutdown::Permanent;

@@ -2,6 +2,8 @@
 //! letters.
 
 use super::Store;
+use crate::message::EventItem;
+use chrono::SecondsFormat;
 use serde::Serialize;
 
 /// Per-topic durable counters (sums over shards).
@@ -48,6 +50,23 @@ pub struct StoredEvent {
     pub payload: String,
     pub stored_at: chrono::DateTime<chrono::Utc>,
     pub traceparent: Option<String>,
+}
+
+impl StoredEvent {
+    /// The event as readers get it; `None` only if the payload were not JSON (`jsonb` text
+    /// output always is).
+    pub fn into_item(self) -> Option<EventItem> {
+        let payload = serde_json::value::RawValue::from_string(self.payload).ok()?;
+        Some(EventItem {
+            topic: self.topic,
+            event_id: self.event_id,
+            timestamp: self.ts.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            source: self.source,
+            payload,
+            stored_at: self.stored_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            traceparent: self.traceparent,
+        })
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -33,6 +33,8 @@ const COUNTERS: &[(&str, Unit, &str)] = &[
     (MAX_DELIVER_EXCEEDED, Unit::Count, "Messages delivered more than MAX_DELIVER times and settled alone; verdict=solo: tried alone, verdict=dead_letter: came back after their solo attempt and dead-lettered unprocessed."),
     (PUBLISHED, Unit::Count, "Events accepted by POST /publish (acknowledged by the stream)."),
     (HTTP_REQUESTS, Unit::Count, "HTTP requests answered, by route template (unmatched for unknown paths), method and status."),
+    (OUTBOX_PUBLISHED, Unit::Count, "Events this replica published to the output stream (the stream out), each acknowledged by it."),
+    (EVENT_STREAMS_DROPPED, Unit::Count, "Live tails (GET /events/stream) closed because their client did not keep up."),
 ];
 
 /// `(name, unit, help)` of every gauge.
@@ -43,6 +45,10 @@ const GAUGES: &[(&str, Unit, &str)] = &[
     (WAL_BYTES, Unit::Bytes, "Bytes in the WAL."),
     (PUBLISH_QUEUED, Unit::Count, "POST /publish requests waiting for a slot (MAX_CONCURRENT_PUBLISH), at most PUBLISH_QUEUE_TIMEOUT each."),
     (BREAKER_STATE, Unit::Count, "Circuit breaker state: one series per state (closed, open, half_open), 1 for the current one, 0 for the others."),
+    (OUTBOX_LAG_ROWS, Unit::Count, "Stored events not yet published to the output stream (counted up to 1,000,000)."),
+    (OUTBOX_LAG_SECONDS, Unit::Seconds, "Age of the oldest stored event not yet published to the output stream (0 when none)."),
+    (OUTBOX_PUBLISHER, Unit::Count, "1 while this replica is the one publisher of the stream out, else 0."),
+    (EVENT_STREAMS, Unit::Count, "Live tails (GET /events/stream) open now."),
     (BUILD_INFO, Unit::Count, "Always 1; labels: version of the aggregator, git_sha of its build (unknown without git)."),
 ];
 
@@ -101,6 +107,8 @@ pub fn describe_all() {
         WAL_REPLAY_REFUSED,
         POISON_ISOLATED,
         PUBLISHED,
+        OUTBOX_PUBLISHED,
+        EVENT_STREAMS_DROPPED,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -116,6 +124,10 @@ pub fn describe_all() {
         WAL_RECORDS,
         WAL_BYTES,
         PUBLISH_QUEUED,
+        OUTBOX_LAG_ROWS,
+        OUTBOX_LAG_SECONDS,
+        OUTBOX_PUBLISHER,
+        EVENT_STREAMS,
     ] {
         // Registers at 0 without overwriting a value set earlier (the WAL's, at start-up).
         metrics::gauge!(name).increment(0.0);

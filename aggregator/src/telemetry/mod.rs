@@ -108,6 +108,12 @@ pub mod names {
     pub const HTTP_REQUESTS: &str = "aggregator_http_requests_total";
     pub const HTTP_DURATION: &str = "aggregator_http_request_duration_seconds";
     pub const BUILD_INFO: &str = "aggregator_build_info";
+    pub const OUTBOX_PUBLISHED: &str = "aggregator_outbox_published_total";
+    pub const OUTBOX_LAG_ROWS: &str = "aggregator_outbox_lag_rows";
+    pub const OUTBOX_LAG_SECONDS: &str = "aggregator_outbox_lag_seconds";
+    pub const OUTBOX_PUBLISHER: &str = "aggregator_outbox_publisher";
+    pub const EVENT_STREAMS: &str = "aggregator_event_streams";
+    pub const EVENT_STREAMS_DROPPED: &str = "aggregator_event_streams_dropped_total";
 }
 
 #[cfg(test)]
