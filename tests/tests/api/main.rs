@@ -21,3 +21,4 @@ mod publish;
 mod publisher;
 mod read_pool;
 mod slow_clients;
+mod tail;

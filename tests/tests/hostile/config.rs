@@ -74,6 +74,15 @@ async fn bad_configuration_exits_with_one_line_naming_the_variable() {
         ("STREAM_MAX_BYTES", "lots"),
         ("STREAM_MAX_MSG_SIZE", "64KiB"),
         ("STREAM_MAX_MSG_SIZE", "3GiB"),
+        // The stream out: a prefix within SUBJECT_PREFIX (it would feed itself), not a
+        // subject, a bad stream name, an empty round, no live tail allowed.
+        ("OUTPUT_SUBJECT_PREFIX", "events.unique"),
+        ("OUTPUT_SUBJECT_PREFIX", "unique.>"),
+        ("OUTPUT_STREAM_NAME", "UNIQUE OUT"),
+        ("OUTPUT_STREAM_MAX_AGE", "90s"),
+        ("OUTBOX_BATCH", "0"),
+        ("OUTBOX_POLL_INTERVAL", "0s"),
+        ("MAX_EVENT_STREAMS", "0"),
     ];
     let nats = env.nats_url();
     let db = env.database_url();
