@@ -83,6 +83,17 @@ pub fn assert_each_stored_event_once(
     stored: &[(String, String)],
     prefix: &str,
 ) {
+    let problems = stream_out_problems(messages, stored, prefix);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// What breaks the stream out's promise (see [`assert_each_stored_event_once`]), if anything.
+pub fn stream_out_problems(
+    messages: &[OutputMessage],
+    stored: &[(String, String)],
+    prefix: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
     let mut seen: BTreeMap<&str, u64> = BTreeMap::new();
     let mut repeated = Vec::new();
     for m in messages {
@@ -90,42 +101,68 @@ pub fn assert_each_stored_event_once(
             repeated.push(format!("{} (seq {first} and {})", m.msg_id, m.seq));
         }
     }
-    assert!(
-        repeated.is_empty(),
-        "published more than once: {:?}",
-        &repeated[..repeated.len().min(10)]
-    );
+    if !repeated.is_empty() {
+        problems.push(format!(
+            "{} published more than once, e.g. {:?}",
+            repeated.len(),
+            &repeated[..repeated.len().min(5)]
+        ));
+    }
     let want: std::collections::BTreeSet<String> =
         stored.iter().map(|(t, e)| format!("{t}:{e}")).collect();
     let got: std::collections::BTreeSet<String> = seen.keys().map(|k| (*k).to_owned()).collect();
-    let missing: Vec<_> = want.difference(&got).take(10).collect();
-    let extra: Vec<_> = got.difference(&want).take(10).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "output stream: {} messages for {} stored events; missing {missing:?}, not stored {extra:?}",
-        got.len(),
-        want.len()
-    );
+    let missing: Vec<_> = want.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&want).collect();
+    if !missing.is_empty() || !extra.is_empty() {
+        problems.push(format!(
+            "output stream: {} keys for {} stored events; {} missing (e.g. {:?}), {} not stored \
+             (e.g. {:?})",
+            got.len(),
+            want.len(),
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            extra.len(),
+            &extra[..extra.len().min(5)]
+        ));
+    }
     let mut last = (0i64, 0i64);
     for m in messages {
         let topic = m.body["topic"].as_str().unwrap_or_default();
         let event_id = m.body["event_id"].as_str().unwrap_or_default();
-        assert_eq!(
-            m.msg_id,
-            format!("{topic}:{event_id}"),
-            "body and Nats-Msg-Id disagree"
-        );
-        assert_eq!(m.subject, format!("{prefix}.{topic}"));
-        assert!(m.body["stored_at"].is_string(), "{}", m.body);
-        let (xid, id) = m.position.split_once('-').expect("Aggregator-Position");
-        let p = (xid.parse().unwrap(), id.parse().unwrap());
-        assert!(
-            p > last,
-            "positions out of order at seq {}: {p:?} after {last:?}",
-            m.seq
-        );
-        last = p;
+        let mut wrong = Vec::new();
+        if m.msg_id != format!("{topic}:{event_id}") {
+            wrong.push("Nats-Msg-Id is not <topic>:<event_id> of the body");
+        }
+        if m.subject != format!("{prefix}.{topic}") {
+            wrong.push("subject is not <prefix>.<topic>");
+        }
+        if !m.body["stored_at"].is_string() {
+            wrong.push("no stored_at");
+        }
+        let position = m
+            .position
+            .split_once('-')
+            .and_then(|(x, i)| Some((x.parse::<i64>().ok()?, i.parse::<i64>().ok()?)));
+        match position {
+            Some(p) if p > last => last = p,
+            Some(p) => wrong.push(if p == last {
+                "position repeated"
+            } else {
+                "position goes back"
+            }),
+            None => wrong.push("no Aggregator-Position"),
+        }
+        if !wrong.is_empty() {
+            problems.push(format!(
+                "output seq {} ({}): {}",
+                m.seq,
+                m.msg_id,
+                wrong.join(", ")
+            ));
+            break;
+        }
     }
+    problems
 }
 
 /// Every `(topic, event_id)` in the events table.

@@ -20,9 +20,13 @@
 //!    sequence and nothing left in `processed_messages`.
 //! 6. Every WAL is empty (`wal_record_count` 0 and no segment file holding records) and every
 //!    breaker CLOSED.
+//! 7. The stream out (on in every schedule): once its publisher has caught up, the output
+//!    stream holds each row of `events` exactly once and nothing else, in commit order
+//!    ([`stream_out`]).
 
 use super::faults::{self, Topology};
 use super::load::{self, Key, LoadOutcome};
+use crate::downstream::{output_count, output_messages, stream_out_problems};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use futures::StreamExt;
 use serde_json::Value;
@@ -588,4 +592,57 @@ async fn compaction(pool: &sqlx::PgPool, last_seq: u64) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The output stream every schedule's replicas publish to (`OUTPUT_SUBJECT_PREFIX`).
+pub const OUTPUT_STREAM: &str = "UNIQUE";
+pub const OUTPUT_PREFIX: &str = "unique";
+
+/// Safety net for the stream out to catch up once everything else has settled.
+const STREAM_OUT_LIMIT: Duration = Duration::from_secs(120);
+
+/// Invariant 7: waits until the output stream holds as many messages as `events` has rows
+/// and a replica reports no lag, then checks every message against `events`.
+pub async fn stream_out(topo: &Topology, nats_urls: &str) -> Vec<String> {
+    let js = match load::jetstream(nats_urls).await {
+        Ok(js) => js,
+        Err(e) => return vec![format!("[7] cannot connect to read the output stream: {e}")],
+    };
+    let pool = topo.env.db().await;
+    let stored: Vec<(String, String)> = match sqlx::query_as("SELECT topic, event_id FROM events")
+        .fetch_all(&pool)
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return vec![format!("[7] SELECT FROM events: {e}")],
+    };
+    pool.close().await;
+    let started = Instant::now();
+    loop {
+        let held = output_count(&js, OUTPUT_STREAM).await;
+        let mut lag = None;
+        for agg in &topo.aggs {
+            if let Some((200, s)) = agg.try_get("/stats").await {
+                lag = s["outbox"]["lag_rows"].as_i64();
+                break;
+            }
+        }
+        if (held == stored.len() as u64 && lag == Some(0)) || held > stored.len() as u64 {
+            break;
+        }
+        if started.elapsed() >= STREAM_OUT_LIMIT {
+            return vec![format!(
+                "[7] the stream out did not catch up within {}s: the output stream holds {held} \
+                 messages for {} stored events, lag_rows {lag:?}",
+                STREAM_OUT_LIMIT.as_secs(),
+                stored.len()
+            )];
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let messages = output_messages(&js, OUTPUT_STREAM).await;
+    stream_out_problems(&messages, &stored, OUTPUT_PREFIX)
+        .into_iter()
+        .map(|p| format!("[7] {p}"))
+        .collect()
 }

@@ -220,7 +220,13 @@ pub async fn run_seed(seed: u64) -> Outcome {
 async fn start_topology(schedule: &Schedule) -> Topology {
     let (cluster, env) = tokio::join!(NatsCluster::start(3), TestEnv::start());
     let urls = cluster.urls();
-    let mut vars: Vec<(&str, &str)> = vec![("NATS_URL", urls.as_str()), ("STREAM_REPLICAS", "3")];
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("NATS_URL", urls.as_str()),
+        ("STREAM_REPLICAS", "3"),
+        ("OUTPUT_SUBJECT_PREFIX", invariants::OUTPUT_PREFIX),
+        ("OUTPUT_STREAM_NAME", invariants::OUTPUT_STREAM),
+        ("OUTPUT_STREAM_REPLICAS", "3"),
+    ];
     vars.extend(schedule.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let aggs: Vec<Aggregator> =
         futures::future::join_all((0..schedule.replicas).map(|_| Aggregator::spawn(&env, &vars)))
@@ -284,6 +290,7 @@ async fn run_schedule(schedule: &Schedule) -> Outcome {
     if let Some(truth) = &truth {
         violations.extend(invariants::check(&mut topo, truth, &load).await);
     }
+    violations.extend(invariants::stream_out(&topo, &urls).await);
     progress(
         seed,
         t0,
