@@ -22,15 +22,19 @@
 #   scripts/bench.sh --drain-only [--runs R] [--events N]   # only 1 and 2 (quick iterations)
 #   scripts/bench.sh --replicas [--events N]   # drain with 1 and with 2 aggregator replicas
 #   scripts/bench.sh --publish [--publish-events N]   # only 7, table + JSON
+#   scripts/bench.sh --downstream [--runs R]   # only 8, table + JSON
+# and 8. downstream: a drain with the stream out off and on (its cost, and how fast it catches
+#   up) and the live tail's fan-out to 100 clients (scripts/lib/bench-downstream.sh).
 #
 # synchronous_commit stays on and the WAL is fsynced: durability is not traded for speed.
 set -euo pipefail
 trap 'echo "bench.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 source scripts/lib/stack.sh
+source scripts/lib/bench-downstream.sh
 
 N=300000 JSON=bench-results/bench.json LIVE_N=300000 LAG_N=50000 WAL_N=100000 BASE_SECS=20
-PUBLISH_N=50000 REPLICAS_ONLY=0 PUBLISH_ONLY=0 RUNS=1 DRAIN_ONLY=0
+PUBLISH_N=50000 REPLICAS_ONLY=0 PUBLISH_ONLY=0 RUNS=1 DRAIN_ONLY=0 DOWNSTREAM_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --replicas) REPLICAS_ONLY=1; shift ;;
@@ -40,6 +44,7 @@ while [ $# -gt 0 ]; do
     --json) JSON=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --drain-only) DRAIN_ONLY=1; shift ;;
+    --downstream) DOWNSTREAM_ONLY=1; shift ;;
     --wal-events) WAL_N=$2; shift 2 ;;
     --baseline-seconds) BASE_SECS=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -205,6 +210,15 @@ drain_run() {
     "$NATS_TICKS" "$AGG_TICKS" "$COPY_TICKS" "$UNIQUE" >>"$DIR/runs.txt"
 }
 
+if [ "$DOWNSTREAM_ONLY" = 1 ]; then
+  downstream_figures
+  printf '\n'; row "measure" "figure"
+  downstream_table
+  echo "{$(downstream_json)}" >"${JSON%.json}-downstream.json"
+  echo "JSON: ${JSON%.json}-downstream.json"
+  exit 0
+fi
+
 echo "== drain vs COPY: $N events pre-loaded (30% duplicates, 10 topics), $RUNS run(s)" >&2
 : >"$DIR/runs.txt"
 for i in $(seq "$RUNS"); do drain_run "$i"; done
@@ -313,6 +327,7 @@ MULTIPLE=$(printf '%.1f' "$(echo "$DRAIN_RATE / $BASE_RATE" | bc -l)")
 echo "   baseline $BASE_RATE events/s; drain is ${MULTIPLE}x" >&2
 
 publish_figures
+downstream_figures
 
 cat >"$JSON" <<EOF
 {"events": $N, "unique": $UNIQUE,
@@ -326,7 +341,8 @@ cat >"$JSON" <<EOF
  "baseline_events_per_s": $BASE_RATE, "multiple_of_baseline": $MULTIPLE,
  "aggregator_peak_rss_mb": $RSS_MB,
  "wal_events": $WAL_N, "wal_append_events_per_s": $WAL_APPEND_RATE, "wal_replay_events_per_s": $WAL_REPLAY_RATE,
- $(publish_json)}
+ $(publish_json),
+ $(downstream_json)}
 EOF
 
 printf '\n'; row "measure" "figure" "target"
@@ -340,4 +356,5 @@ row "aggregator peak RSS (MB)" "$RSS_MB" "<= 100"
 row "WAL append (events/s)" "$WAL_APPEND_RATE" ">= 50000"
 row "WAL replay (events/s)" "$WAL_REPLAY_RATE" ">= 30000"
 publish_table
+downstream_table
 echo "JSON: $JSON"

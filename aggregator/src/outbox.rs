@@ -38,9 +38,6 @@ pub const POSITION_HEADER: &str = "Aggregator-Position";
 /// How often a replica that does not publish tries to take over, and how often lag is measured.
 const LEASE_RETRY: Duration = Duration::from_secs(1);
 
-/// Lag is counted up to this many rows (a bounded scan).
-const LAG_CAP: i64 = 1_000_000;
-
 pub struct Publisher {
     pub store: Store,
     pub js: jetstream::Context,
@@ -202,11 +199,7 @@ impl Publisher {
             return;
         }
         *last = Instant::now();
-        if let Ok(lag) = self
-            .store
-            .outbox_lag(&self.settings.stream_name, LAG_CAP)
-            .await
-        {
+        if let Ok(lag) = self.store.outbox_lag(&self.settings.stream_name).await {
             metrics::gauge!(names::OUTBOX_LAG_ROWS).set(lag.rows as f64);
             metrics::gauge!(names::OUTBOX_LAG_SECONDS).set(lag.seconds);
         }

@@ -19,6 +19,10 @@ use sqlx::Connection;
 use std::fmt;
 use std::str::FromStr;
 
+/// Lag is counted up to this many rows: a backlog larger than that reads as this many, and a
+/// look at the lag never scans more than this.
+pub const LAG_COUNT_CAP: i64 = 100_000;
+
 /// Advisory lock (session scope) held by the one publisher of the stream out.
 pub const OUTBOX_LOCK: i64 = 0x6167_6772_6f75_7462; // "aggroutb"
 
@@ -266,9 +270,9 @@ impl Store {
         .map(|_| ())
     }
 
-    /// How far the publisher of `stream` is behind what is stored (counted up to `cap` rows,
-    /// so a large backlog costs a bounded scan).
-    pub async fn outbox_lag(&self, stream: &str, cap: i64) -> sqlx::Result<OutboxLag> {
+    /// How far the publisher of `stream` is behind what is stored (rows counted up to
+    /// [`LAG_COUNT_CAP`], so a large backlog costs a bounded scan).
+    pub async fn outbox_lag(&self, stream: &str) -> sqlx::Result<OutboxLag> {
         let (rows, seconds, published): (i64, f64, i64) = sqlx::query_as(
             "WITH c AS (
                  SELECT coalesce(o.xid, '0') AS xid, coalesce(o.id, 0) AS id,
@@ -283,7 +287,7 @@ impl Store {
                     (SELECT published FROM c)",
         )
         .bind(stream)
-        .bind(cap)
+        .bind(LAG_COUNT_CAP)
         .fetch_one(&self.reads)
         .await?;
         Ok(OutboxLag {
