@@ -52,29 +52,48 @@ impl Publisher {
     pub async fn run(self) {
         let mut last_lag = Instant::now() - LEASE_RETRY;
         while !self.shutdown.is_cancelled() {
-            let lease = match self.store.try_outbox_lease().await {
-                Ok(lease) => lease,
-                Err(e) => {
-                    tracing::debug!(error = %e, "stream out: cannot ask for the publisher lease");
-                    None
-                }
-            };
-            let Some(mut lease) = lease else {
-                self.measure_lag(&mut last_lag).await;
+            // Every step may wait on a hung database or NATS; shutdown never waits for it.
+            // Cutting a round short anywhere is safe: it is the crash the catch-up handles.
+            let Some(mut lease) = self.until_shutdown(self.take_lease()).await.flatten() else {
+                self.until_shutdown(self.measure_lag(&mut last_lag)).await;
                 pause(&self.shutdown, LEASE_RETRY).await;
                 continue;
             };
             metrics::gauge!(names::OUTBOX_PUBLISHER).set(1.0);
             tracing::info!(stream = %self.settings.stream_name, "stream out: this replica publishes");
-            let result = self.lead(&mut lease, &mut last_lag).await;
+            let result = self
+                .until_shutdown(self.lead(&mut lease, &mut last_lag))
+                .await
+                .unwrap_or(Ok(()));
             metrics::gauge!(names::OUTBOX_PUBLISHER).set(0.0);
-            lease.release().await;
+            // Closing tells Postgres at once; a hung one gets the lease back when the session
+            // ends anyway.
+            let _ = tokio::time::timeout(LEASE_RETRY, lease.release()).await;
             if let Err(e) = result {
                 tracing::warn!(
                     error = format!("{e:#}"),
                     "stream out: publishing stopped; retrying"
                 );
                 pause(&self.shutdown, LEASE_RETRY).await;
+            }
+        }
+    }
+
+    /// `f`, or `None` once shutdown is cancelled.
+    async fn until_shutdown<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            v = f => Some(v),
+            _ = self.shutdown.cancelled() => None,
+        }
+    }
+
+    /// The publisher's lease, `None` while another replica holds it (or Postgres is away).
+    async fn take_lease(&self) -> Option<OutboxLease> {
+        match self.store.try_outbox_lease().await {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::debug!(error = %e, "stream out: cannot ask for the publisher lease");
+                None
             }
         }
     }
