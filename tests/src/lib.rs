@@ -24,6 +24,7 @@
 
 pub mod aggregator;
 pub mod binaries;
+pub mod browser;
 pub mod checker;
 pub mod cluster;
 pub mod downstream;

@@ -1,116 +1,47 @@
 //! Live dashboard (`GET /`): a real headless Chromium loads the page from the real aggregator
-//! binary (private NATS and Postgres), runs its JavaScript and dumps the resulting DOM; the
-//! numbers it shows must equal `GET /stats` exactly. A screenshot is kept in
-//! `target/dashboard.png` for a human to look at.
+//! binary (private NATS and Postgres) and runs its JavaScript; once the page says it is ready
+//! (a `/stats` poll shown, the live tail open), its DOM is read: the numbers it shows must
+//! equal `GET /stats` exactly, its recent events `GET /events?limit=10`, and events stored
+//! while the page is open arrive through the live tail, also across a restart of the service
+//! (resumed with `Last-Event-ID`). A screenshot is kept in `target/dashboard.png` for a human
+//! to look at.
 //!
-//! Chromium is found on `PATH` (`chromium`, `chromium-browser`) or at `/usr/bin/chromium`
-//! (`scripts/install-deps.sh --test` installs it): a missing browser fails the test, it never
-//! skips it. Every Chromium run is killed after 60 s (a safety net, not
-//! an assertion on timing).
+//! The browser is driven over the DevTools protocol ([`integration_tests::browser`]), not with
+//! `--dump-dom --virtual-time-budget`: virtual time does not advance while the live tail's
+//! streaming response is open, so such a run would never dump. Every wait is a safety net (60
+//! s), never an assertion on timing.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
+use integration_tests::browser::{chromium, Browser, Page};
 use integration_tests::{
-    aggregator_bin, int, run_publisher, workspace_root, Aggregator, TempDir, TestEnv,
+    aggregator_bin, event_json, eventually, int, publish_raw, run_publisher, workspace_root,
+    Aggregator, TestEnv,
 };
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use serde_json::Value;
 
-/// Safety net for one Chromium run; it is then killed (with its whole process group).
-const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
+/// Safety net for every wait on the page.
+const WAIT: Duration = Duration::from_secs(60);
 
-// ---------------------------------------------------------------------------------------
-// Chromium
-// ---------------------------------------------------------------------------------------
-
-fn find_chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for name in ["chromium", "chromium-browser"] {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return Some(candidate);
-            }
-        }
-    }
-    let fixed = Path::new("/usr/bin/chromium");
-    fixed.is_file().then(|| fixed.to_path_buf())
-}
-
-/// The Chromium binary; a missing browser fails the test (it never skips it). Installing it
-/// is `scripts/install-deps.sh --test`'s job, never a test's.
-fn chromium() -> PathBuf {
-    find_chromium().expect(
-        "chromium is not installed: run scripts/install-deps.sh --test (Debian package chromium)",
-    )
-}
-
-/// Runs headless Chromium with the common flags plus `extra`, in a fresh profile directory
-/// and its own process group; returns its stdout. Panics (with stderr) when it fails or
-/// does not finish within [`CHROMIUM_TIMEOUT`].
-async fn run_chromium(bin: &Path, extra: &[String]) -> String {
-    let profile = TempDir::new("chromium");
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-quic",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().display()))
-    .arg("--virtual-time-budget=10000")
-    .args(extra)
-    .env_remove("http_proxy")
-    .env_remove("https_proxy")
-    .env_remove("HTTP_PROXY")
-    .env_remove("HTTPS_PROXY")
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0)
-    .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-    let pgid = Pid::from_raw(child.id().expect("chromium pid") as i32);
-    let result = tokio::time::timeout(CHROMIUM_TIMEOUT, child.wait_with_output()).await;
-    // The browser's helpers (renderer, zygote, crashpad) share its process group: make sure
-    // none outlives this run, whatever happened.
-    let _ = killpg(pgid, Signal::SIGKILL);
-    let out = match result {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => panic!("chromium {extra:?}: {e}"),
-        Err(_) => panic!("chromium {extra:?} did not finish within {CHROMIUM_TIMEOUT:?}; killed"),
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "chromium {extra:?} failed ({}):\n{}",
-        out.status,
-        tail(&String::from_utf8_lossy(&out.stderr), 40)
-    );
-    stdout
-}
+/// The page has shown a `/stats` poll and its recent events are live: the live tail is open
+/// and the panel filled.
+const SETTLED: &str = "document.body.dataset.loaded === '1' && \
+    document.getElementById('tail_state').dataset.state === 'open'";
 
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A fresh browser with `url` open (1280 x 900), and the DOM once `SETTLED`.
+async fn open_settled(url: &str) -> (Browser, Page, String) {
+    let mut browser = Browser::launch(&chromium(), &[]).await;
+    let page = browser.open(url, 1280, 900).await;
+    let dom = browser
+        .wait_for(&page, "the page loaded, its live tail open", SETTLED, WAIT)
+        .await;
+    (browser, page, dom)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -276,20 +207,137 @@ fn assert_dom_matches(dom: &str, stats: &Value) {
     }
 }
 
+/// The value of attribute `name` in the opening tag `tag`.
+fn attr(tag: &str, name: &str) -> Option<String> {
+    let needle = format!(" {name}=\"");
+    let at = tag.find(&needle)? + needle.len();
+    Some(unescape(&tag[at..at + tag[at..].find('"')?]))
+}
+
+/// The cells the page shows for an event of `GET /events` or of the live tail.
+fn shown_event(e: &Value) -> Vec<String> {
+    let field = |k: &str| {
+        e[k].as_str()
+            .unwrap_or_else(|| panic!("{k} in {e}"))
+            .to_owned()
+    };
+    vec![
+        field("topic"),
+        field("event_id"),
+        field("timestamp").replacen('T', " ", 1),
+        field("source"),
+    ]
+}
+
+/// The recent events rows, top first: (position, for a row the live tail brought; cells).
+fn event_rows(dom: &str) -> Vec<(Option<String>, Vec<String>)> {
+    rows(&tbody(dom, "events"))
+        .into_iter()
+        .map(|(open, cells)| (attr(&open, "data-position"), cells))
+        .collect()
+}
+
+/// Asserts that the recent events panel shows exactly `page` (`GET /events?limit=10`), in
+/// its order, none of them from the live tail.
+fn assert_events_shown(dom: &str, page: &Value) {
+    let want: Vec<(Option<String>, Vec<String>)> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| (None, shown_event(e)))
+        .collect();
+    assert_eq!(want.len(), 10, "{page}");
+    assert_eq!(
+        event_rows(dom),
+        want,
+        "recent events vs GET /events?limit=10"
+    );
+}
+
+/// Asserts that the stream out tile shows `outbox` of `/stats` exactly, or "off" with no
+/// figures when it is null.
+fn assert_outbox_shown(dom: &str, outbox: &Value) {
+    let (figures, _) = element(dom, "outbox_figures");
+    let (note, _) = element(dom, "outbox_note");
+    if outbox.is_null() {
+        assert_eq!(text_of(dom, "outbox_state"), "off");
+        assert!(figures.contains(" hidden"), "figures shown: {figures}");
+        assert!(!note.contains(" hidden"), "note hidden: {note}");
+        return;
+    }
+    assert_eq!(text_of(dom, "outbox_state"), "on");
+    assert!(!figures.contains(" hidden"), "figures hidden: {figures}");
+    assert!(note.contains(" hidden"), "note shown: {note}");
+    assert_eq!(
+        text_of(dom, "outbox_stream"),
+        outbox["stream"].as_str().expect("stream")
+    );
+    for field in ["published", "lag_rows"] {
+        assert_eq!(
+            text_of(dom, &format!("outbox_{field}")),
+            int(outbox, field).to_string(),
+            "#outbox_{field} vs /stats outbox {outbox}"
+        );
+    }
+    let lag = outbox["lag_seconds"].as_f64().expect("lag_seconds");
+    assert_eq!(text_of(dom, "outbox_lag_seconds"), format!("{lag:.1} s"));
+}
+
+/// Publishes events `<prefix>-<n>` for n in `range` (topic `telemetry.satellite.status`,
+/// source `SAT-LIVE`), each acknowledged by the stream.
+async fn publish_live(env: &TestEnv, prefix: &str, range: std::ops::RangeInclusive<u32>) {
+    let js = env.jetstream().await;
+    let topic = "telemetry.satellite.status";
+    for n in range {
+        let id = format!("{prefix}-{n}");
+        publish_raw(
+            &js,
+            &format!("events.{topic}"),
+            event_json(topic, &id, "SAT-LIVE"),
+        )
+        .await;
+    }
+}
+
+/// The stored events of source `SAT-LIVE`, newest commit first, as the page shows events of
+/// the live tail: (position `<xid>-<id>`, cells of the event as `GET /events` gives it).
+async fn live_rows_newest_first(
+    env: &TestEnv,
+    agg: &Aggregator,
+) -> Vec<(Option<String>, Vec<String>)> {
+    let db = env.db().await;
+    let order: Vec<(String, String)> = sqlx::query_as(
+        "SELECT xid::text || '-' || id::text, event_id FROM events \
+         WHERE source = 'SAT-LIVE' ORDER BY xid DESC, id DESC",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let (status, page) = agg.get("/events?source=SAT-LIVE&limit=100").await;
+    assert_eq!(status, 200, "{page}");
+    let items = page["events"].as_array().expect("events");
+    assert_eq!(items.len(), order.len(), "{page}");
+    order
+        .into_iter()
+        .map(|(position, event_id)| {
+            let e = items
+                .iter()
+                .find(|e| e["event_id"] == event_id.as_str())
+                .unwrap_or_else(|| panic!("{event_id} not in {page}"));
+            (Some(position), shown_event(e))
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------
-// Test
+// Tests
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_in_headless_chromium_shows_exact_stats() {
-    let browser = chromium();
-    eprintln!("dashboard test: using {}", browser.display());
-    build_aggregator_with_current_page().await;
-
-    let env = TestEnv::start().await;
-    let mut agg = Aggregator::spawn(&env, &[]).await;
+/// 3000 events (2100 unique, 5 topics) through an aggregator with `vars`.
+async fn aggregator_with_events(env: &TestEnv, vars: &[(&str, &str)]) -> (Aggregator, Value) {
+    let mut agg = Aggregator::spawn(env, vars).await;
     run_publisher(
-        &env,
+        env,
         &[
             "--count",
             "3000",
@@ -309,6 +357,18 @@ async fn dashboard_in_headless_chromium_shows_exact_stats() {
     assert_eq!(int(&stats, "duplicate_dropped"), 900, "{stats}");
     assert_eq!(int(&stats, "dead_lettered"), 0, "{stats}");
     assert_eq!(stats["topics"].as_array().map(Vec::len), Some(5), "{stats}");
+    (agg, stats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_headless_chromium_shows_exact_stats() {
+    let browser = chromium();
+    eprintln!("dashboard test: using {}", browser.display());
+    build_aggregator_with_current_page().await;
+
+    let env = TestEnv::start().await;
+    let (agg, stats) = aggregator_with_events(&env, &[]).await;
+    assert!(stats["outbox"].is_null(), "the stream out is off: {stats}");
 
     // The page: HTML, never cached, exactly the file on disk, no token needed.
     let base = agg.base_url();
@@ -335,10 +395,16 @@ async fn dashboard_in_headless_chromium_shows_exact_stats() {
             "the page must be self-contained, found {external:?}"
         );
     }
+    assert!(
+        !page.contains("new EventSource"),
+        "the live tail is read with fetch(): EventSource cannot send the Authorization header"
+    );
 
-    // Headless Chromium runs the page's JavaScript; the DOM must show exactly /stats.
-    let dom = run_chromium(&browser, &["--dump-dom".into(), format!("{base}/")]).await;
+    // Headless Chromium runs the page's JavaScript; the DOM must show exactly /stats, the
+    // stream out as off, and the 10 events of GET /events?limit=10.
+    let (mut browser, tab, dom) = open_settled(&format!("{base}/")).await;
     let (_, health) = agg.health().await;
+    let (_, recent) = agg.get("/events?limit=10").await;
     assert_dom_matches(&dom, &stats);
     assert_eq!(text_of(&dom, "received"), "3000");
     assert_eq!(text_of(&dom, "unique_processed"), "2100");
@@ -346,22 +412,25 @@ async fn dashboard_in_headless_chromium_shows_exact_stats() {
     assert_eq!(text_of(&dom, "dead_lettered"), "0");
     assert_eq!(text_of(&dom, "status"), health["status"].as_str().unwrap());
     assert_eq!(text_of(&dom, "circuit_breaker"), "CLOSED");
-    assert_eq!(rows(&tbody(&dom, "events")).len(), 10, "recent events");
+    assert_eq!(text_of(&dom, "tail_state"), "live");
+    assert_events_shown(&dom, &recent);
+    assert_outbox_shown(&dom, &Value::Null);
     assert_eq!(text_of(&dom, "dead_letters_note"), "No dead letters.");
 
-    // A screenshot for human eyes.
+    // A screenshot for human eyes, once a second poll gave the chart a rate.
+    browser
+        .wait_for(
+            &tab,
+            "a second /stats poll",
+            "document.getElementById('rate').textContent !== '\\u2013'",
+            WAIT,
+        )
+        .await;
     let shot = workspace_root().join("target").join("dashboard.png");
     std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(&shot);
-    run_chromium(
-        &browser,
-        &[
-            format!("--screenshot={}", shot.display()),
-            "--window-size=1280,900".into(),
-            format!("{base}/"),
-        ],
-    )
-    .await;
+    browser.screenshot(&tab, &shot).await;
+    drop(browser);
     let size = std::fs::metadata(&shot)
         .unwrap_or_else(|e| panic!("no screenshot at {}: {e}", shot.display()))
         .len();
@@ -376,11 +445,7 @@ async fn dashboard_in_headless_chromium_shows_exact_stats() {
     let secured = Aggregator::spawn(&env, &[("API_TOKEN", "s3cret")]).await;
     let (status, _) = secured.get("/dead-letters?limit=10").await;
     assert_eq!(status, 401);
-    let dom = run_chromium(
-        &browser,
-        &["--dump-dom".into(), format!("{}/", secured.base_url())],
-    )
-    .await;
+    let (_, _, dom) = open_settled(&format!("{}/", secured.base_url())).await;
     assert_dom_matches(&dom, &secured.stats().await);
     assert_eq!(
         text_of(&dom, "dead_letters_note"),
@@ -389,7 +454,8 @@ async fn dashboard_in_headless_chromium_shows_exact_stats() {
     drop(secured);
 
     // With API_READ_TOKEN set, reads need it: opened as `/#token=<token>`, the page sends it
-    // and shows the exact stats; opened without it, the page says the reads were refused.
+    // (the live tail too) and shows the exact stats; opened without it, the page says the
+    // reads were refused, and the live tail as well.
     let read_only = Aggregator::spawn(&env, &[("API_READ_TOKEN", "r3ad")]).await;
     let stats: Value = read_only
         .http()
@@ -401,11 +467,158 @@ async fn dashboard_in_headless_chromium_shows_exact_stats() {
         .json()
         .await
         .unwrap();
-    let page = format!("{}/#token=r3ad", read_only.base_url());
-    let dom = run_chromium(&browser, &["--dump-dom".into(), page]).await;
+    let (_, _, dom) = open_settled(&format!("{}/#token=r3ad", read_only.base_url())).await;
     assert_dom_matches(&dom, &stats);
-    let page = format!("{}/", read_only.base_url());
-    let dom = run_chromium(&browser, &["--dump-dom".into(), page]).await;
+    assert_eq!(text_of(&dom, "tail_state"), "live");
+    let mut browser = Browser::launch(&chromium(), &[]).await;
+    let tab = browser
+        .open(&format!("{}/", read_only.base_url()), 1280, 900)
+        .await;
+    let dom = browser
+        .wait_for(
+            &tab,
+            "the page shows its reads refused",
+            "document.getElementById('error').textContent !== '' && \
+             document.getElementById('tail_state').dataset.state === 'retrying'",
+            WAIT,
+        )
+        .await;
     let banner = text_of(&dom, "error");
     assert!(banner.contains("/stats answered HTTP 401"), "{banner}");
+    assert_eq!(text_of(&dom, "tail_state"), "unavailable (HTTP 401)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_follows_the_live_tail_and_shows_the_stream_out() {
+    build_aggregator_with_current_page().await;
+    let env = TestEnv::start().await;
+    let (mut agg, _) = aggregator_with_events(&env, &[("OUTPUT_SUBJECT_PREFIX", "unique")]).await;
+    eventually(
+        "the stream out caught up",
+        Duration::from_secs(120),
+        || async {
+            let stats = agg.stats().await;
+            stats["outbox"]["lag_rows"] == 0 && stats["outbox"]["published"] == 2100
+        },
+    )
+    .await;
+    let stats = agg.stats().await;
+    assert_eq!(stats["outbox"]["stream"], "UNIQUE", "{stats}");
+    assert_eq!(stats["outbox"]["lag_seconds"], 0.0, "{stats}");
+    assert_eq!(
+        stats["outbox"]["published"], stats["unique_processed"],
+        "{stats}"
+    );
+
+    // Loaded: the exact stats, the stream out's figures, the 10 events of GET /events.
+    let base = agg.base_url();
+    let (mut browser, tab, dom) = open_settled(&format!("{base}/")).await;
+    let (_, recent) = agg.get("/events?limit=10").await;
+    assert_dom_matches(&dom, &stats);
+    assert_outbox_shown(&dom, &stats["outbox"]);
+    assert_eq!(text_of(&dom, "outbox_published"), "2100");
+    assert_eq!(text_of(&dom, "outbox_lag_rows"), "0");
+    assert_eq!(text_of(&dom, "outbox_lag_seconds"), "0.0 s");
+    assert_events_shown(&dom, &recent);
+    let first_fill = event_rows(&dom);
+    // From now on (the tail open) the page must not read GET /events again: note the page's
+    // clock, and keep every resource timing entry.
+    let live_since = browser
+        .eval(
+            &tab,
+            "performance.setResourceTimingBufferSize(100000), performance.now()",
+        )
+        .await
+        .expect("performance.now()");
+
+    // Four events stored while the page is open come through the live tail, newest on top,
+    // each with its position; the panel keeps 10 rows.
+    publish_live(&env, "live", 1..=4).await;
+    let dom = browser
+        .wait_for(
+            &tab,
+            "4 events of the live tail shown",
+            "document.querySelectorAll('#events tr[data-position]').length >= 4",
+            WAIT,
+        )
+        .await;
+    let live = live_rows_newest_first(&env, &agg).await;
+    assert_eq!(live.len(), 4);
+    let mut want = live.clone();
+    want.extend_from_slice(&first_fill[..6]);
+    assert_eq!(
+        event_rows(&dom),
+        want,
+        "live events on top of the first fill"
+    );
+
+    // The service restarts: the tail breaks, the page reconnects with Last-Event-ID and gets
+    // exactly the events stored since the last one it had (three, published while the
+    // service was down), none missed, none twice.
+    agg.restart_no_wait();
+    publish_live(&env, "live", 5..=7).await;
+    agg.wait_ready().await;
+    let dom = browser
+        .wait_for(
+            &tab,
+            "7 events of the live tail shown",
+            "document.querySelectorAll('#events tr[data-position]').length >= 7",
+            WAIT,
+        )
+        .await;
+    let live = live_rows_newest_first(&env, &agg).await;
+    assert_eq!(live.len(), 7);
+    let mut want = live.clone();
+    want.extend_from_slice(&first_fill[..3]);
+    assert_eq!(event_rows(&dom), want, "resumed after the restart");
+    let dom = browser
+        .wait_for(&tab, "the tail live again", SETTLED, WAIT)
+        .await;
+    assert_eq!(text_of(&dom, "tail_state"), "live");
+
+    // The stream out published them too: the tile follows /stats.
+    eventually(
+        "the stream out caught up again",
+        Duration::from_secs(120),
+        || async {
+            let stats = agg.stats().await;
+            stats["outbox"]["lag_rows"] == 0 && stats["outbox"]["published"] == 2107
+        },
+    )
+    .await;
+    let stats = agg.stats().await;
+    let dom = browser
+        .wait_for(
+            &tab,
+            "the stream out tile at 2107",
+            "document.getElementById('outbox_published').textContent === '2107'",
+            WAIT,
+        )
+        .await;
+    assert_outbox_shown(&dom, &stats["outbox"]);
+    assert_eq!(event_rows(&dom).len(), 10);
+
+    // The live tail alone kept the panel: no GET /events since it opened, through the new
+    // events, the restart and the reconnection, while /stats was read (the tile above came
+    // from a read after the restart).
+    let requests_since = |path: &str| {
+        format!(
+            "performance.getEntriesByType('resource').filter(function (e) {{ \
+                return new URL(e.name).pathname === '{path}' && e.startTime >= {live_since}; \
+             }}).length"
+        )
+    };
+    let events_reads = browser.eval(&tab, &requests_since("/events")).await;
+    assert_eq!(events_reads, Ok(Value::from(0)), "GET /events while live");
+    let stats_reads = browser.eval(&tab, &requests_since("/stats")).await;
+    assert!(
+        stats_reads.as_ref().is_ok_and(|n| n.as_u64() > Some(0)),
+        "GET /stats while live: {stats_reads:?}"
+    );
+
+    // A screenshot for human eyes: the live tail's rows and the stream out tile.
+    let shot = workspace_root().join("target").join("dashboard-live.png");
+    let _ = std::fs::remove_file(&shot);
+    browser.screenshot(&tab, &shot).await;
+    println!("dashboard screenshot: {}", shot.display());
 }
