@@ -184,6 +184,8 @@ pub struct SseEvent {
 pub struct SseClient {
     response: reqwest::Response,
     pending: String,
+    /// The last `id` received, with or without data (the tail opens with its position).
+    pub last_id: Option<String>,
 }
 
 impl SseClient {
@@ -205,6 +207,7 @@ impl SseClient {
         SseClient {
             response,
             pending: String::new(),
+            last_id: None,
         }
     }
 
@@ -222,6 +225,9 @@ impl SseClient {
                     } else if let Some(v) = line.strip_prefix("data:") {
                         data.push_str(v.trim_start());
                     }
+                }
+                if !id.is_empty() {
+                    self.last_id = Some(id.clone());
                 }
                 if data.is_empty() {
                     continue;

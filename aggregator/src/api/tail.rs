@@ -3,7 +3,8 @@
 //! Each stored event of the filter is sent once, in commit order (see
 //! [`crate::store::outbox`]), with its position as the SSE `id`. A client that reconnects with
 //! `Last-Event-ID` (browsers do it by themselves) gets every event after that one: no gap, no
-//! repeat. Without it the tail starts at the events stored from now on.
+//! repeat. Without it the tail starts at the events stored from now on, and says where (an
+//! `id` without data) before the first event.
 //!
 //! Bounded: at most `MAX_EVENT_STREAMS` tails at once (then 503 + `Retry-After`), and each has
 //! a buffer of [`BUFFER`] events; a client that lets it fill is dropped (it can resume with
@@ -61,6 +62,10 @@ pub async fn stream(
         None => store.tail_head().await.map_err(ApiError::from_db)?,
     };
     let (tx, rx) = mpsc::channel(BUFFER);
+    // The starting position first, as an id without data: a client that loses the stream
+    // before its first event still resumes exactly where it started (SSE sets the last event
+    // id from an event without data, and dispatches nothing).
+    let _ = tx.try_send(Event::default().id(start.to_string()).comment("tail open"));
     let tail = Tail {
         store,
         filter,

@@ -132,3 +132,40 @@ async fn a_tail_resumed_from_an_id_gets_exactly_the_events_stored_after_it() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_lost_before_its_first_event_resumes_from_the_position_it_opened_at() {
+    let env = TestEnv::start().await;
+    let mut agg = Aggregator::spawn(&env, &[("OUTBOX_POLL_INTERVAL", "50ms")]).await;
+    publish_ok(&agg, &event("tail.open", "before", &ts(0)), 1).await;
+    agg.wait_until_received(1).await;
+    let url = format!("{}/events/stream?topic=tail.open", agg.base_url());
+    let mut first = SseClient::open(&url, None).await;
+    // Nothing stored after it opened: no event, but the opening position.
+    assert!(first.next(Duration::from_millis(300)).await.is_none());
+    let opened = first
+        .last_id
+        .clone()
+        .expect("the tail opens with its position");
+    drop(first);
+    for i in 0..5 {
+        publish_ok(&agg, &event("tail.open", &format!("after-{i}"), &ts(i)), 1).await;
+    }
+    agg.wait_until_received(6).await;
+    let mut resumed = SseClient::open(&url, Some(&opened)).await;
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let e = resumed
+            .next(Duration::from_secs(30))
+            .await
+            .expect("an event");
+        got.push(e.data["event_id"].as_str().unwrap().to_owned());
+    }
+    // Separate batches on separate workers: commit order need not be publish order.
+    got.sort();
+    assert_eq!(got, ["after-0", "after-1", "after-2", "after-3", "after-4"]);
+    assert!(
+        resumed.next(Duration::from_millis(300)).await.is_none(),
+        "nothing more"
+    );
+}
