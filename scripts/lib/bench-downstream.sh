@@ -75,7 +75,7 @@ sse_fanout() {
   while :; do
     done_n=0
     for i in $(seq "$SSE_CLIENTS"); do
-      [ "$(grep -c '^id:' "$DIR/sse/$i.txt")" -ge "$unique" ] && done_n=$((done_n + 1))
+      [ "$(grep -c '^data:' "$DIR/sse/$i.txt")" -ge "$unique" ] && done_n=$((done_n + 1))
     done
     [ "$done_n" -eq "$SSE_CLIENTS" ] && break
     sleep 0.2
@@ -86,11 +86,12 @@ sse_fanout() {
   SSE_DROPPED=$(curl -fsS "$AGG_URL/metrics" | awk '$1 == "aggregator_event_streams_dropped_total" { print $2 }')
   SSE_S=$(elapsed "$t0" "$t1"); SSE_UNIQUE=$unique
   SSE_RATE=$(rate $(( unique * SSE_CLIENTS )) "$SSE_S")
-  # Every client got each stored event once: as many ids as unique events, all distinct.
+  # Every client got each stored event once: as many events as unique ones, all distinct (the
+  # tail's opening line is an id without data, not an event).
   SSE_EXACT=yes
   for i in $(seq "$SSE_CLIENTS"); do
-    [ "$(grep '^id:' "$DIR/sse/$i.txt" | sort -u | wc -l)" -eq "$unique" ] || SSE_EXACT=no
-    [ "$(grep -c '^id:' "$DIR/sse/$i.txt")" -eq "$unique" ] || SSE_EXACT=no
+    [ "$(grep '^data:' "$DIR/sse/$i.txt" | sort -u | wc -l)" -eq "$unique" ] || SSE_EXACT=no
+    [ "$(grep -c '^data:' "$DIR/sse/$i.txt")" -eq "$unique" ] || SSE_EXACT=no
   done
   kill "${pids[@]}" 2>/dev/null || true
   kill -TERM "$AGG_PID"; wait "$AGG_PID" || true; AGG_PID=""

@@ -32,7 +32,8 @@ pub struct OutboxStats {
     pub stream: String,
     /// Events published to the output stream, by every replica, ever.
     pub published: i64,
-    /// Stored events not published yet (counted up to 100,000), and the age of the oldest.
+    /// Stored events not published yet (counted up to 100,000), and the age of the next one
+    /// to publish (the first of them in commit order).
     pub lag_rows: i64,
     pub lag_seconds: f64,
 }

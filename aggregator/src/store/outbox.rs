@@ -101,7 +101,8 @@ pub struct OutboxCursor {
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct OutboxLag {
     pub rows: i64,
-    /// Age of the oldest stored event not published yet (0 when none).
+    /// Age of the next event to publish, the first not published in commit order (0 when
+    /// none).
     pub seconds: f64,
     pub published: i64,
 }
@@ -128,8 +129,10 @@ impl OutboxLease {
     }
 }
 
-const SELECT_ORDERED: &str = "SELECT xid::text::bigint AS xid, id, topic, event_id, ts, source, \
-     payload::text AS payload, stored_at, traceparent FROM events";
+/// The table is aliased and every order qualified: `ORDER BY xid` would name the bigint output
+/// column, not the index's `xid8`, and turn an index range scan into a full sort.
+const SELECT_ORDERED: &str = "SELECT e.xid::text::bigint AS xid, e.id, e.topic, e.event_id, \
+     e.ts, e.source, e.payload::text AS payload, e.stored_at, e.traceparent FROM events e";
 
 impl Store {
     /// The publisher's lease, when no other session holds it (`None`).
@@ -180,30 +183,30 @@ impl Store {
         limit: i64,
     ) -> sqlx::Result<Vec<OrderedEvent>> {
         let mut q = sqlx::QueryBuilder::new(SELECT_ORDERED);
-        q.push(" WHERE (xid, id) > (")
+        q.push(" WHERE (e.xid, e.id) > (")
             .push_bind(after.xid.to_string())
             .push("::xid8, ")
             .push_bind(after.id)
             .push(")");
         match upto {
             Some(upto) => {
-                q.push(" AND (xid, id) <= (")
+                q.push(" AND (e.xid, e.id) <= (")
                     .push_bind(upto.xid.to_string())
                     .push("::xid8, ")
                     .push_bind(upto.id)
                     .push(")");
             }
             None => {
-                q.push(" AND xid < pg_snapshot_xmin(pg_current_snapshot())");
+                q.push(" AND e.xid < pg_snapshot_xmin(pg_current_snapshot())");
             }
         }
         if let Some(topic) = &filter.topic {
-            q.push(" AND topic = ").push_bind(topic);
+            q.push(" AND e.topic = ").push_bind(topic);
         }
         if let Some(source) = &filter.source {
-            q.push(" AND source = ").push_bind(source);
+            q.push(" AND e.source = ").push_bind(source);
         }
-        q.push(" ORDER BY xid, id LIMIT ").push_bind(limit);
+        q.push(" ORDER BY e.xid, e.id LIMIT ").push_bind(limit);
         q.build_query_as().fetch_all(pool).await
     }
 
@@ -233,20 +236,7 @@ impl Store {
 
     /// Where the publisher of `stream` stands (the start when it never published).
     pub async fn outbox_cursor(&self, stream: &str) -> sqlx::Result<OutboxCursor> {
-        let row: Option<(i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT xid::text::bigint, id, stream_seq, published FROM outbox_cursors
-             WHERE stream = $1",
-        )
-        .bind(stream)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row
-            .map(|(xid, id, stream_seq, published)| OutboxCursor {
-                position: Position { xid, id },
-                stream_seq,
-                published,
-            })
-            .unwrap_or_default())
+        cursor_of(&self.pool, stream).await
     }
 
     /// Saves where the publisher of `stream` stands. The position never goes back: a
@@ -273,29 +263,46 @@ impl Store {
     /// How far the publisher of `stream` is behind what is stored (rows counted up to
     /// [`LAG_COUNT_CAP`], so a large backlog costs a bounded scan).
     pub async fn outbox_lag(&self, stream: &str) -> sqlx::Result<OutboxLag> {
-        let (rows, seconds, published): (i64, f64, i64) = sqlx::query_as(
-            "WITH c AS (
-                 SELECT coalesce(o.xid, '0') AS xid, coalesce(o.id, 0) AS id,
-                        coalesce(o.published, 0) AS published
-                 FROM (SELECT 1) one LEFT JOIN outbox_cursors o ON o.stream = $1
-             ), pending AS (
-                 SELECT e.stored_at FROM events e, c
-                 WHERE (e.xid, e.id) > (c.xid, c.id) ORDER BY e.xid, e.id LIMIT $2
-             )
-             SELECT (SELECT count(*) FROM pending),
-                    coalesce(extract(epoch FROM now() - (SELECT min(stored_at) FROM pending)), 0)::float8,
-                    (SELECT published FROM c)",
+        let c = cursor_of(&self.reads, stream).await?;
+        // The cursor as parameters, not joined in: a join hides the range from the planner,
+        // which then scans the index from its start.
+        let (rows, seconds): (i64, f64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM (
+                         SELECT 1 FROM events WHERE (xid, id) > ($1::xid8, $2) LIMIT $3
+                     ) pending),
+                    coalesce((SELECT extract(epoch FROM now() - stored_at) FROM events
+                              WHERE (xid, id) > ($1::xid8, $2)
+                              ORDER BY xid, id LIMIT 1), 0)::float8",
         )
-        .bind(stream)
+        .bind(c.position.xid.to_string())
+        .bind(c.position.id)
         .bind(LAG_COUNT_CAP)
         .fetch_one(&self.reads)
         .await?;
         Ok(OutboxLag {
             rows,
             seconds: seconds.max(0.0),
-            published,
+            published: c.published,
         })
     }
+}
+
+/// Where the publisher of `stream` stands, read on `pool`.
+async fn cursor_of(pool: &sqlx::PgPool, stream: &str) -> sqlx::Result<OutboxCursor> {
+    let row: Option<(i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT xid::text::bigint, id, stream_seq, published FROM outbox_cursors
+         WHERE stream = $1",
+    )
+    .bind(stream)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row
+        .map(|(xid, id, stream_seq, published)| OutboxCursor {
+            position: Position { xid, id },
+            stream_seq,
+            published,
+        })
+        .unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ const GAUGES: &[(&str, Unit, &str)] = &[
     (PUBLISH_QUEUED, Unit::Count, "POST /publish requests waiting for a slot (MAX_CONCURRENT_PUBLISH), at most PUBLISH_QUEUE_TIMEOUT each."),
     (BREAKER_STATE, Unit::Count, "Circuit breaker state: one series per state (closed, open, half_open), 1 for the current one, 0 for the others."),
     (OUTBOX_LAG_ROWS, Unit::Count, "Stored events not yet published to the output stream (counted up to 100,000)."),
-    (OUTBOX_LAG_SECONDS, Unit::Seconds, "Age of the oldest stored event not yet published to the output stream (0 when none)."),
+    (OUTBOX_LAG_SECONDS, Unit::Seconds, "Age of the next stored event to publish to the output stream, the first not yet published in commit order (0 when none)."),
     (OUTBOX_PUBLISHER, Unit::Count, "1 while this replica is the one publisher of the stream out, else 0."),
     (EVENT_STREAMS, Unit::Count, "Live tails (GET /events/stream) open now."),
     (BUILD_INFO, Unit::Count, "Always 1; labels: version of the aggregator, git_sha of its build (unknown without git)."),
