@@ -9,7 +9,9 @@ use integration_tests::downstream::{
 use integration_tests::{
     eventually, int, publish_in_background, run_publisher, Aggregator, TestEnv, FAST_FAULTS,
 };
+use serde_json::Value;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 
 const PREFIX: &str = "unique";
 
@@ -18,6 +20,27 @@ fn stream_out(batch: &'static str) -> Vec<(&'static str, &'static str)> {
     let mut v = FAST_FAULTS.to_vec();
     v.extend([("OUTPUT_SUBJECT_PREFIX", PREFIX), ("OUTBOX_BATCH", batch)]);
     v
+}
+
+/// Waits until the stream out has published a first 200 events.
+async fn under_way(env: &TestEnv) {
+    let js = env.jetstream().await;
+    eventually(
+        "the stream out under way",
+        Duration::from_secs(60),
+        || async { output_count(&js, "UNIQUE").await >= 200 },
+    )
+    .await;
+}
+
+/// The background publisher of 6,000 events (4,200 unique) done, every event counted on `agg`
+/// and the stream out exact.
+async fn finish(env: &TestEnv, agg: &mut Aggregator, publisher: JoinHandle<Value>) {
+    let summary = publisher.await.unwrap();
+    assert_eq!(int(&summary, "unique"), 4200);
+    let stats = agg.wait_until_received(6000).await;
+    assert_eq!(int(&stats, "unique_processed"), 4200, "{stats}");
+    assert_stream_out_exact(env, agg, 4200).await;
 }
 
 /// Waits until the output stream holds `unique` messages and `/stats` reports no lag, then
@@ -133,20 +156,10 @@ async fn sigkill_mid_publish_loses_and_repeats_nothing() {
     let env = TestEnv::start().await;
     let mut agg = Aggregator::spawn(&env, &stream_out("20")).await;
     let publisher = publish_in_background(&env.nats_url(), 6000, 3000, 64);
-    let js = env.jetstream().await;
-    eventually(
-        "the stream out under way",
-        Duration::from_secs(60),
-        || async { output_count(&js, "UNIQUE").await >= 200 },
-    )
-    .await;
+    under_way(&env).await;
     agg.kill();
     agg.restart().await;
-    let summary = publisher.await.unwrap();
-    assert_eq!(int(&summary, "unique"), 4200);
-    let stats = agg.wait_until_received(6000).await;
-    assert_eq!(int(&stats, "unique_processed"), 4200, "{stats}");
-    assert_stream_out_exact(&env, &agg, 4200).await;
+    finish(&env, &mut agg, publisher).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,21 +167,11 @@ async fn postgres_stopped_mid_publish_loses_and_repeats_nothing() {
     let mut env = TestEnv::start().await;
     let mut agg = Aggregator::spawn(&env, &stream_out("20")).await;
     let publisher = publish_in_background(&env.nats_url(), 6000, 2000, 65);
-    let js = env.jetstream().await;
-    eventually(
-        "the stream out under way",
-        Duration::from_secs(60),
-        || async { output_count(&js, "UNIQUE").await >= 200 },
-    )
-    .await;
+    under_way(&env).await;
     env.pg.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
     env.pg.start().await;
-    let summary = publisher.await.unwrap();
-    assert_eq!(int(&summary, "unique"), 4200);
-    let stats = agg.wait_until_received(6000).await;
-    assert_eq!(int(&stats, "unique_processed"), 4200, "{stats}");
-    assert_stream_out_exact(&env, &agg, 4200).await;
+    finish(&env, &mut agg, publisher).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,13 +183,7 @@ async fn the_nats_node_restarted_mid_publish_loses_and_repeats_nothing() {
         &["--count", "4000", "--duplicate-rate", "0.3", "--seed", "66"],
     )
     .await;
-    let js = env.jetstream().await;
-    eventually(
-        "the stream out under way",
-        Duration::from_secs(60),
-        || async { output_count(&js, "UNIQUE").await >= 200 },
-    )
-    .await;
+    under_way(&env).await;
     env.nats.restart().await;
     run_publisher(
         &env,
@@ -205,13 +202,7 @@ async fn two_replicas_publish_through_one_publisher_and_the_other_takes_over() {
     let mut a = Aggregator::spawn(&env, &vars).await;
     let mut b = Aggregator::spawn(&env, &vars).await;
     let publisher = publish_in_background(&env.nats_url(), 6000, 2000, 68);
-    let js = env.jetstream().await;
-    eventually(
-        "the stream out under way",
-        Duration::from_secs(60),
-        || async { output_count(&js, "UNIQUE").await >= 200 },
-    )
-    .await;
+    under_way(&env).await;
     // One publisher at a time; kill it, and the other one takes over.
     let (pa, pb) = (
         a.metric("aggregator_outbox_publisher").await,
@@ -230,11 +221,7 @@ async fn two_replicas_publish_through_one_publisher_and_the_other_takes_over() {
         || async { other.metric("aggregator_outbox_publisher").await == 1.0 },
     )
     .await;
-    let summary = publisher.await.unwrap();
-    assert_eq!(int(&summary, "unique"), 4200);
-    let stats = other.wait_until_received(6000).await;
-    assert_eq!(int(&stats, "unique_processed"), 4200, "{stats}");
-    assert_stream_out_exact(&env, other, 4200).await;
+    finish(&env, other, publisher).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

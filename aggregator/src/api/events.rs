@@ -49,16 +49,8 @@ fn parse_query(query: &str) -> Result<EventFilter, ApiError> {
     };
     for (key, value) in query::pairs(Some(query))? {
         match key.as_str() {
-            "topic" => {
-                shared::event::validate_topic(&value)
-                    .map_err(|e| ApiError::bad_field("topic", e.reason))?;
-                f.topic = Some(value);
-            }
-            "source" => {
-                shared::event::validate_source(&value)
-                    .map_err(|e| ApiError::bad_field("source", e.reason))?;
-                f.source = Some(value);
-            }
+            "topic" => f.topic = Some(query::topic(value)?),
+            "source" => f.source = Some(query::source(value)?),
             "since" => f.since = Some(parse_time("since", &value)?),
             "until" => f.until = Some(parse_time("until", &value)?),
             "limit" => f.limit = query::limit(&value)?,

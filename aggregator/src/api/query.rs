@@ -51,3 +51,15 @@ pub fn limit(value: &str) -> Result<i64, ApiError> {
             )
         })
 }
+
+/// A `topic` filter: a valid topic, else a 400 naming `topic`.
+pub fn topic(value: String) -> Result<String, ApiError> {
+    shared::event::validate_topic(&value).map_err(|e| ApiError::bad_field("topic", e.reason))?;
+    Ok(value)
+}
+
+/// A `source` filter: a valid source, else a 400 naming `source`.
+pub fn source(value: String) -> Result<String, ApiError> {
+    shared::event::validate_source(&value).map_err(|e| ApiError::bad_field("source", e.reason))?;
+    Ok(value)
+}

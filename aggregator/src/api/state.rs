@@ -36,8 +36,8 @@ pub struct AppState {
     pub admission: super::admission::Admission,
     /// Live tails open (`MAX_EVENT_STREAMS` permits).
     pub event_streams: Arc<tokio::sync::Semaphore>,
-    /// The live tails' shared head, polled by one task from the first tail on.
-    tail_head: OnceLock<tokio::sync::watch::Receiver<Position>>,
+    /// The live tails' shared head, polled by one task from the first tail on (`api::tail`).
+    pub tail_head: OnceLock<tokio::sync::watch::Receiver<Position>>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -69,22 +69,6 @@ impl AppState {
             event_streams: Arc::new(tokio::sync::Semaphore::new(settings_max_streams)),
             tail_head: OnceLock::new(),
         })
-    }
-
-    /// The live tails' head (see `tail::poll_head`), its poller started on first use.
-    pub fn tail_head(&self, store: &Store) -> tokio::sync::watch::Receiver<Position> {
-        self.tail_head
-            .get_or_init(|| {
-                let (tx, rx) = tokio::sync::watch::channel(Position::START);
-                tokio::spawn(super::tail::poll_head(
-                    store.clone(),
-                    tx,
-                    self.settings.tail_poll_interval,
-                    self.shutdown.clone(),
-                ));
-                rx
-            })
-            .clone()
     }
 
     /// WAL size and breaker state, for `/health`, `/stats` and `/metrics` (an empty WAL and a

@@ -10,7 +10,7 @@
 //! a buffer of [`BUFFER`] events; a client that lets it fill is dropped (it can resume with
 //! `Last-Event-ID`) rather than buffered without limit. Tails end when the service drains.
 
-use super::state::SharedState;
+use super::state::{AppState, SharedState};
 use super::{query, ApiError};
 use crate::store::outbox::{Position, TailFilter};
 use crate::store::Store;
@@ -56,7 +56,7 @@ pub async fn stream(
                 state.settings.max_event_streams
             ))
         })?;
-    let head = state.tail_head(&store);
+    let head = shared_head(&state, &store);
     let start = match resume {
         Some(p) => p,
         None => store.tail_head().await.map_err(ApiError::from_db)?,
@@ -91,16 +91,8 @@ fn parse_query(query: &str) -> Result<TailFilter, ApiError> {
     let mut f = TailFilter::default();
     for (key, value) in query::pairs(Some(query))? {
         match key.as_str() {
-            "topic" => {
-                shared::event::validate_topic(&value)
-                    .map_err(|e| ApiError::bad_field("topic", e.reason))?;
-                f.topic = Some(value);
-            }
-            "source" => {
-                shared::event::validate_source(&value)
-                    .map_err(|e| ApiError::bad_field("source", e.reason))?;
-                f.source = Some(value);
-            }
+            "topic" => f.topic = Some(query::topic(value)?),
+            "source" => f.source = Some(query::source(value)?),
             other => {
                 return Err(ApiError::bad_field(
                     other,
@@ -188,8 +180,25 @@ impl Tail {
     }
 }
 
+/// The live tails' head, its poller started by the first tail.
+fn shared_head(state: &AppState, store: &Store) -> watch::Receiver<Position> {
+    state
+        .tail_head
+        .get_or_init(|| {
+            let (tx, rx) = watch::channel(Position::START);
+            tokio::spawn(poll_head(
+                store.clone(),
+                tx,
+                state.settings.tail_poll_interval,
+                state.shutdown.clone(),
+            ));
+            rx
+        })
+        .clone()
+}
+
 /// Keeps `head` at the last event below the horizon, every `every`, until `shutdown`.
-pub async fn poll_head(
+async fn poll_head(
     store: Store,
     head: watch::Sender<Position>,
     every: std::time::Duration,
