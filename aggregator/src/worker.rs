@@ -105,16 +105,23 @@ impl Worker {
             // Its own counter: a crash loop is not the database rejecting data
             // (`aggregator_poison_messages_total`).
             let verdict = if doomed { "dead_letter" } else { "solo" };
-            metrics::counter!(names::MAX_DELIVER_EXCEEDED, "verdict" => verdict).increment(1);
-            self.settle(vec![suspect], reason).await;
+            let recorded = self.settle(vec![suspect], reason).await;
+            // A doomed message counts once, when its dead letter is first recorded: a copy
+            // redelivered before its Term reached the server (ACK_WAIT passed meanwhile) is
+            // settled again and finds it already recorded.
+            if !(doomed && recorded == Some(0)) {
+                metrics::counter!(names::MAX_DELIVER_EXCEEDED, "verdict" => verdict).increment(1);
+            }
         }
     }
 
     /// Makes a group of messages durable, then acknowledges them. With `doom`, every message
-    /// of the group becomes a dead letter with that reason.
-    async fn settle(&self, mut group: Vec<&mut Delivery>, doom: Option<String>) {
+    /// of the group becomes a dead letter with that reason. Returns how many dead letters a
+    /// commit recorded for the first time (`None`: not committed, the WAL took the group or
+    /// shutdown left it to JetStream).
+    async fn settle(&self, mut group: Vec<&mut Delivery>, doom: Option<String>) -> Option<i64> {
         if group.is_empty() {
-            return;
+            return None;
         }
         let (records, dead) = take_records(&mut group, doom);
         let group: Vec<&Delivery> = group.into_iter().map(|d| &*d).collect();
@@ -138,15 +145,18 @@ impl Worker {
             for d in &group {
                 let _ = d.msg.ack_with(AckKind::Nak(None)).await;
             }
-            return;
+            return None;
         };
+        let mut recorded = None;
         if let Durable::Committed(commit) = &durable {
             self.failpoint.after_commit();
             record_outcome_metrics(&self.labels, &commit.outcome);
+            recorded = Some(commit.outcome.dead_lettered);
         }
         trace_durable(&records, &durable);
         record_batch_metrics(&group);
         acknowledge(&group, durable.dead()).await;
+        recorded
     }
 }
 
