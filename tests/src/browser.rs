@@ -115,7 +115,7 @@ impl Browser {
         .stderr(Stdio::from(log))
         .process_group(0)
         .kill_on_drop(true);
-        // SAFETY: fcntl, dup2, close and prctl are async-signal-safe; nothing is allocated.
+        // SAFETY: fcntl, dup2 and close are async-signal-safe; nothing is allocated.
         // The pipe ends are first copied above fd 10 (so that placing one on 3 or 4 never
         // overwrites the other), then onto 3 and 4 without close-on-exec.
         unsafe {
@@ -127,12 +127,10 @@ impl Browser {
                 }
                 libc::close(r2);
                 libc::close(w2);
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
                 Ok(())
             });
         }
+        crate::util::die_with_parent(cmd.as_std_mut());
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
