@@ -226,10 +226,7 @@ impl BrokerSettings {
             stream_max_age: c.stream_max_age,
             // `0` (no limit) in the configuration; both are range-checked there.
             stream_max_bytes: no_limit_is_minus_one(c.stream_max_bytes),
-            stream_max_msg_size: match c.stream_max_msg_size {
-                0 => -1,
-                n => i32::try_from(n).unwrap_or(i32::MAX),
-            },
+            stream_max_msg_size: max_msg_size(c),
             ack_wait: c.ack_wait,
             // The buffer plus every worker's batch in flight, with room to spare so intake
             // never starves the workers.
@@ -247,9 +244,16 @@ fn no_limit_is_minus_one(n: u64) -> i64 {
     }
 }
 
+/// `STREAM_MAX_MSG_SIZE` as JetStream takes it (-1: no limit), for both streams.
+fn max_msg_size(c: &Config) -> i32 {
+    match c.stream_max_msg_size {
+        0 => -1,
+        n => i32::try_from(n).unwrap_or(i32::MAX),
+    }
+}
+
 impl OutboxSettings {
     fn from_config(c: &Config) -> Option<Self> {
-        let broker = BrokerSettings::from_config(c);
         Some(Self {
             subject_prefix: c.output_subject_prefix.clone()?,
             stream_name: c.output_stream_name.clone(),
@@ -258,7 +262,7 @@ impl OutboxSettings {
             stream_max_bytes: no_limit_is_minus_one(c.output_stream_max_bytes),
             // An output message is a stored event plus a few fields: the input's limit holds it
             // with room to spare.
-            stream_max_msg_size: broker.stream_max_msg_size,
+            stream_max_msg_size: max_msg_size(c),
             batch: c.outbox_batch as usize,
             poll_interval: c.outbox_poll_interval,
         })
