@@ -213,20 +213,18 @@ impl Store {
     /// The last event below the horizon, and the horizon as a position (every event at or
     /// before the first is final; a tail that starts "now" starts after it).
     pub async fn tail_head(&self) -> sqlx::Result<Position> {
-        let (last, horizon): (Option<(i64, i64)>, i64) = {
-            let row: (Option<i64>, Option<i64>, i64) = sqlx::query_as(
-                "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)
-                 SELECT e.xid::text::bigint, e.id, h.x::text::bigint
-                 FROM h LEFT JOIN LATERAL (
-                     SELECT xid, id FROM events WHERE xid < h.x ORDER BY xid DESC, id DESC LIMIT 1
-                 ) e ON true",
-            )
-            .fetch_one(&self.reads)
-            .await?;
-            (row.0.zip(row.1), row.2)
-        };
+        let (xid, id, horizon): (Option<i64>, Option<i64>, i64) = sqlx::query_as(
+            "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)
+             SELECT e.xid::text::bigint, e.id, h.x::text::bigint
+             FROM h LEFT JOIN LATERAL (
+                 SELECT xid, id FROM events WHERE xid < h.x ORDER BY xid DESC, id DESC LIMIT 1
+             ) e ON true",
+        )
+        .fetch_one(&self.reads)
+        .await?;
         // Nothing stored yet: everything from the horizon on is still to come.
-        Ok(last
+        Ok(xid
+            .zip(id)
             .map(|(xid, id)| Position { xid, id })
             .unwrap_or(Position {
                 xid: horizon.saturating_sub(1),
